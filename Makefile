@@ -1,0 +1,38 @@
+# Two commands do everything: `make demo` and `make test`. The first use of either creates .venv
+# from constraints.txt (several minutes: torch, and three packages built from source); after that
+# both skip set-up, until constraints.txt or setup.py changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
+# Installed from source or without their own dependencies (see README, "Environment").
+SPECIAL := mmpose|xtcocotools|fairseq-fixed|torchsort
+
+.PHONY: demo test lint env clean-env
+
+demo: $(STAMP)
+	$(BIN)/python tools/benchmark_rank.py --out work_dirs/demo/benchmark_rank
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+env: $(STAMP)
+
+$(STAMP): constraints.txt setup.py tools/install_torchsort.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) pip setuptools wheel
+	grep -v -E '^($(SPECIAL))==' constraints.txt > $(VENV)/base-requirements.txt
+	$(PIP) --no-deps -r $(VENV)/base-requirements.txt
+	$(PIP) --no-deps mmpose
+	$(PIP) --no-deps --no-build-isolation --no-binary xtcocotools xtcocotools
+	$(PIP) --no-deps --no-build-isolation fairseq-fixed
+	tools/install_torchsort.sh $(VENV) constraints.txt
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+clean-env:
+	rm -rf $(VENV)

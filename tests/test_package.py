@@ -1,0 +1,49 @@
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST_TOOLKITS = ("mmengine", "mmcv", "mmpretrain", "mmpose", "fairseq", "scipy", "sklearn",
+                 "matplotlib", "torchsort", "diffsort")
+
+
+def test_core_import_loads_no_host_toolkit():
+    code = ("import sys, reloss; "
+            f"print(','.join(m for m in {HOST_TOOLKITS!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_wheel_holds_the_package_and_nothing_else(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source)
+    shutil.copytree(os.path.join(ROOT, "plugins"), source / "plugins",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("tests", "tools", "projects"):  # present in the tree, kept out of the wheel
+        if os.path.isdir(os.path.join(ROOT, name)):
+            shutil.copytree(os.path.join(ROOT, name), source / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist"), str(source)], check=True)
+    (wheel,) = (tmp_path / "dist").glob("reloss-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    outside = [n for n in names if not re.match(r"reloss/|reloss-[^/]+\.dist-info/", n)]
+    assert outside == []
+    assert "reloss/rank.py" in names and "reloss/spearman.py" in names
+
+
+def test_readme_python_snippets_run():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        snippets = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    assert snippets, "the README shows no python snippet"
+    for snippet in snippets:
+        torch.manual_seed(0)
+        exec(compile(snippet, "README.md", "exec"), {})
