@@ -9,10 +9,17 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 # Installed from source or without their own dependencies (see README, "Environment").
 SPECIAL := mmpose|xtcocotools|fairseq-fixed|torchsort
 
-.PHONY: demo test lint env clean-env
+.PHONY: demo benchmark test lint env clean-env
 
+# Learn a classification surrogate (about 30 s) and check it on a real model's predictions.
 demo: $(STAMP)
-	$(BIN)/python tools/benchmark_rank.py --out work_dirs/demo/benchmark_rank
+	out=work_dirs/demo/$$(date +%Y%m%d_%H%M%S) && \
+	$(BIN)/python tools/digits_predictions.py --out $$out/digits_predictions.pt && \
+	$(BIN)/python tools/pretrain_surrogate.py --task cls --out $$out/surrogate_cls \
+		--eval-data $$out/digits_predictions.pt
+
+benchmark: $(STAMP)
+	$(BIN)/python tools/benchmark_rank.py --out work_dirs/benchmark_rank
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests

@@ -38,6 +38,8 @@ def test_wheel_holds_the_package_and_nothing_else(tmp_path):
     outside = [n for n in names if not re.match(r"reloss/|reloss-[^/]+\.dist-info/", n)]
     assert outside == []
     assert "reloss/rank.py" in names and "reloss/spearman.py" in names
+    for shipped in ("manifest.json", "cls.pt", "cls.json", "pose.pt", "nat.pt"):
+        assert f"reloss/checkpoints/{shipped}" in names
 
 
 def test_readme_python_snippets_run():

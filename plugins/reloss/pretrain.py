@@ -1,0 +1,323 @@
+"""Learning a surrogate: maximise the Spearman correlation of -loss with the metric over chunks.
+
+objective = -rho + penalty_weight * P, where
+
+- rho is the soft Spearman correlation of -L(chunk) with M(chunk) over a batch of chunks, averaged
+  with the same correlation over the batch's chunks in the late-training band of the metric;
+- P is a gradient penalty in the spirit of WGAN-GP (the ReLoss authors use
+  (||dL/d pred|| - 1)^2 with weight 10): per chunk, the log of the ratio between the norm of the
+  surrogate's gradient and the norm of the original loss's gradient with respect to the chunk's
+  predictions, penalised (squared) where it leaves [-log tolerance, log tolerance]. The surrogate
+  can neither go flat where the original loss still teaches nor turn spiky, its gradients keep
+  the original loss's scale (so the original learning rate carries over), and between those
+  bounds its shape is free. The authors' fixed target of 1 ranks about as well here, but gives
+  gradients an order of magnitude larger than cross-entropy's (README, "What the tool
+  optimises").
+
+The surrogates read predictions through a few features per unit (see :mod:`reloss.surrogates`),
+so the data are prepared once: per unit its features, its weight, and the Gram matrix G_u of the
+features' gradients with respect to the unit's predictions. Then
+||d L / d pred||^2 = sum_u a_u^T G_u a_u with a_u = d L / d features_u, which is exact and keeps
+pretraining independent of the size of the raw predictions (1000-class logits, full heatmaps,
+32k-token vocabularies).
+"""
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from . import metrics, samplers
+from .spearman import soft_spearman, spearman
+from .surrogates import SURROGATES
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a surrogate is learned for: its net, its metric and the loss it replaces."""
+
+    name: str
+    metric: object  # metric(pred, target[, weight]) -> (S,)
+    metric_name: str
+    metric_label: str
+    baseline: object  # the original loss per chunk: baseline(pred, target[, weight]) -> (S,)
+    baseline_name: str
+    band: tuple  # the late-training band of the metric
+    chunk_size: int
+
+    @property
+    def surrogate_class(self):
+        return SURROGATES[self.name]
+
+
+def cross_entropy_per_chunk(logits, labels):
+    chunks, size = labels.shape
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                           reduction="none").view(chunks, size).mean(-1)
+
+
+def keypoint_mse_per_chunk(heatmaps, targets, weights):
+    """mmpose's KeypointMSELoss with use_target_weight=True, per chunk."""
+    weighted = (heatmaps - targets) * weights[..., None, None]
+    return weighted.square().flatten(1).mean(-1)
+
+
+def token_cross_entropy_per_chunk(logits, targets, weights):
+    """Mean negative log-likelihood of the target tokens over a chunk's non-padding positions."""
+    nll = -logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (nll * weights).flatten(1).sum(-1) / weights.flatten(1).sum(-1).clamp_min(1)
+
+
+TASKS = {
+    "cls": Task("cls", metrics.classification_metric, "reloss.metrics:classification_metric",
+                "accuracy",
+                cross_entropy_per_chunk, "cross-entropy", (0.85, 0.99), 128),
+    "pose": Task("pose", metrics.pose_metric, "reloss.metrics:pose_metric", "PCK",
+                 keypoint_mse_per_chunk, "MSE", (0.85, 0.99), 8),
+    "nat": Task("nat", metrics.sequence_metric, "reloss.metrics:sequence_metric", "sentence BLEU",
+                token_cross_entropy_per_chunk, "token cross-entropy", (40.0, 90.0), 1),
+}
+
+
+def prepare(surrogate, task, pred, target, weight=None, metric=None):
+    """Features, unit weights, Gram matrices, metric and baseline loss of raw chunks.
+
+    Args:
+        surrogate: the net whose ``features`` are used.
+        task (Task): gives the default metric and the baseline loss.
+        pred, target, weight: raw chunks with leading dims (S, N); ``weight`` is None for 'cls'.
+        metric: overrides ``task.metric``; must return (S,) finite values.
+
+    Returns:
+        dict: features (S, N, U, F), weights (S, N, U), gram (S, N, U, F, F), metric (S,),
+        baseline (S,) and baseline_grad_norm (S,): the original loss and the norm of its gradient
+        with respect to the chunk's predictions.
+    """
+    chunks, size = pred.shape[:2]
+    extra = () if weight is None else (weight,)
+    metric_fn = metric or task.metric
+    with torch.no_grad():
+        metric_values = torch.as_tensor(metric_fn(pred, target, *extra))
+    # The original loss and the norm of its gradient with respect to each chunk's predictions.
+    leaf = pred.detach().float().requires_grad_()
+    baseline = task.baseline(leaf, target, *extra)
+    (baseline_grad,) = torch.autograd.grad(baseline.sum(), leaf)
+    baseline_grad_norm = baseline_grad.flatten(1).norm(dim=-1).double()
+    if metric_values.shape != (chunks,):
+        raise ValueError(f"the metric should return one value per chunk, shape ({chunks},), but "
+                         f"returned shape {tuple(metric_values.shape)}")
+    if not torch.isfinite(metric_values).all():
+        raise ValueError("the metric returned NaN or Inf values")
+    flat_extra = tuple(x.flatten(0, 1) for x in extra)
+    features, weights, gram = surrogate.feature_gram(pred.flatten(0, 1), target.flatten(0, 1),
+                                                     *flat_extra)
+    units = features.shape[1]
+    shape = (chunks, size, units)
+    return dict(features=features.view(*shape, -1), weights=weights.view(shape),
+                gram=gram.view(*shape, *gram.shape[-2:]), metric=metric_values.double(),
+                baseline=baseline.detach().double(), baseline_grad_norm=baseline_grad_norm)
+
+
+def concatenate(parts):
+    """Concatenate prepared data along chunks, padding the unit dimension with weight 0."""
+    units = max(p["features"].shape[2] for p in parts)
+    out = {}
+    for key in parts[0]:
+        tensors = []
+        for p in parts:
+            t = p[key]
+            if key in ("features", "weights", "gram") and t.shape[2] < units:
+                pad = [0, 0] * (t.dim() - 3) + [0, units - t.shape[2]]
+                t = F.pad(t, pad)
+            tensors.append(t)
+        out[key] = torch.cat(tensors)
+    return out
+
+
+def select(data, index):
+    return {key: value[index] for key, value in data.items()}
+
+
+def _chunk_values(surrogate, features, weights):
+    """Chunk losses (B,) and per-sample values (B, N) from prepared features."""
+    batch, size = features.shape[:2]
+    values = surrogate.head(features.flatten(0, 1), weights.flatten(0, 1)).view(batch, size)
+    counted = (weights.sum(-1) > 0).to(values.dtype)
+    return (values * counted).sum(-1) / counted.sum(-1).clamp_min(1), values, counted
+
+
+PENALTIES = ("relative", "unit")
+
+
+def objective(surrogate, batch, band=None, penalty_weight=10.0, tolerance=4.0,
+              penalty="relative", regularization_strength=None):
+    """(objective, soft rho, penalty) on a batch of prepared chunks.
+
+    ``penalty`` is 'relative' (the default, see the module's docstring) or 'unit', the authors'
+    (||dL/d pred|| - 1)^2 per chunk, kept for comparison.
+
+    With a ``band``, rho is the mean of the soft Spearman over all the batch's chunks and over
+    those whose metric lies in the band (when there are at least 8): within the band the loss
+    values are close together, and a correlation over the whole range would blur their order.
+    """
+    features = batch["features"].detach().requires_grad_()
+    # The penalty differentiates twice; only the math attention kernel supports that everywhere.
+    with sdpa_kernel(SDPBackend.MATH):
+        chunk_loss, values, counted = _chunk_values(surrogate, features, batch["weights"])
+    metric = batch["metric"].to(chunk_loss.dtype)
+    rho = soft_spearman(-chunk_loss, metric, regularization_strength)
+    if band is not None:
+        in_band = (metric >= band[0]) & (metric <= band[1])
+        if int(in_band.sum()) >= 8:
+            rho_band = soft_spearman(-chunk_loss[in_band], metric[in_band],
+                                     regularization_strength)
+            rho = (rho + rho_band) / 2
+    (grad,) = torch.autograd.grad(chunk_loss.sum(), features, create_graph=True)
+    squared = torch.einsum("bnuf,bnufg,bnug->b", grad, batch["gram"], grad)
+    if penalty == "unit":  # the authors' form
+        value = ((squared + 1e-24).sqrt() - 1).square().mean()
+    else:
+        target = batch["baseline_grad_norm"].to(squared.dtype).clamp_min(1e-12)
+        log_ratio = 0.5 * (squared + 1e-24).log() - target.log()
+        value = (log_ratio.abs() - math.log(tolerance)).clamp_min(0).square().mean()
+    return -rho + penalty_weight * value, rho, value
+
+
+@torch.no_grad()
+def chunk_losses(surrogate, data, batch=512):
+    """The surrogate's loss for every chunk of prepared data, (S,) float64."""
+    out = []
+    for start in range(0, data["metric"].shape[0], batch):
+        part = slice(start, start + batch)
+        out.append(_chunk_values(surrogate, data["features"][part], data["weights"][part])[0])
+    return torch.cat(out).double()
+
+
+def correlations(losses, metric, band):
+    """Spearman(-loss, metric) on all chunks and on those whose metric lies in ``band``."""
+    in_band = (metric >= band[0]) & (metric <= band[1])
+    full = float(spearman(-losses, metric))
+    banded = float(spearman(-losses[in_band], metric[in_band])) if in_band.sum() >= 2 else None
+    return dict(full=full, band=banded, chunks=int(metric.numel()), band_chunks=int(in_band.sum()))
+
+
+def gradient_norms(surrogate, data, batch=512):
+    """||d L(chunk) / d pred(chunk)|| of the surrogate for every chunk of prepared data, (S,)."""
+    out = []
+    for start in range(0, data["metric"].shape[0], batch):
+        part = select(data, slice(start, start + batch))
+        features = part["features"].detach().requires_grad_()
+        with sdpa_kernel(SDPBackend.MATH):
+            chunk_loss = _chunk_values(surrogate, features, part["weights"])[0]
+        (grad,) = torch.autograd.grad(chunk_loss.sum(), features)
+        out.append(torch.einsum("bnuf,bnufg,bnug->b", grad, part["gram"], grad).sqrt())
+    return torch.cat(out).double()
+
+
+def evaluate(surrogate, data, band):
+    """Held-out figures of the surrogate and of the original loss: Spearman correlations, and the
+    median and 10th percentile over chunks of the ratio of the surrogate's gradient norm to the
+    original loss's (a low 10th percentile means chunks where the surrogate is flat)."""
+    ratio = gradient_norms(surrogate, data) / data["baseline_grad_norm"].clamp_min(1e-30)
+    return dict(surrogate=dict(correlations(chunk_losses(surrogate, data), data["metric"], band),
+                               gradient_ratio=float(ratio.median()),
+                               gradient_ratio_p10=float(ratio.quantile(0.1))),
+                baseline=correlations(data["baseline"], data["metric"], band))
+
+
+def _selection_score(figures):
+    full, band = figures["full"], figures["band"]
+    return full if band is None else (full + band) / 2
+
+
+def pretrain(surrogate, train, val, band, steps=2000, chunks_per_step=256, lr=1e-2,
+             weight_decay=1e-3, penalty_weight=10.0, tolerance=4.0, penalty="relative", warmup=50,
+             eval_every=50, patience=8, seed=0, progress=None):
+    """Learn ``surrogate``'s head in place on prepared ``train`` chunks; returns a history.
+
+    Adam (lr 0.01 with cosine decay, weight decay 1e-3, as the authors); each step draws
+    ``chunks_per_step`` chunks (without replacement within an epoch) and takes the objective over
+    them. Every ``eval_every`` steps the exact Spearman on ``val`` chunks is measured (the mean of
+    the full-range and the late-band figure); training stops after ``patience`` evaluations
+    without improvement and the best weights are kept. Everything is seeded by ``seed``.
+
+    The penalty weight ramps up linearly over the first ``warmup`` steps: a freshly initialised
+    net may rank the wrong way round, and turning it round passes through a flat loss, which the
+    full penalty would forbid.
+
+    Args:
+        progress: optional callable ``progress(step, info_dict)`` called after each step.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(surrogate.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    count = train["metric"].shape[0]
+    order, cursor = torch.randperm(count, generator=generator), 0
+    best, best_state, waited, history = float("-inf"), None, 0, []
+    for step in range(1, steps + 1):
+        if cursor + chunks_per_step > count:
+            order, cursor = torch.randperm(count, generator=generator), 0
+        index = order[cursor:cursor + chunks_per_step]
+        cursor += chunks_per_step
+        surrogate.train()
+        weight = penalty_weight * min(1.0, step / warmup) if warmup else penalty_weight
+        loss, rho, value = objective(surrogate, select(train, index), band, weight, tolerance,
+                                     penalty)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        info = dict(step=step, rho=rho.item(), penalty=value.item())
+        if step % eval_every == 0 or step == steps:
+            surrogate.eval()
+            figures = correlations(chunk_losses(surrogate, val), val["metric"], band)
+            info.update(val_full=figures["full"], val_band=figures["band"])
+            score = _selection_score(figures)
+            if score > best:
+                best, best_state, waited = score, copy.deepcopy(surrogate.state_dict()), 0
+                info["best"] = True
+            else:
+                waited += 1
+            history.append(info)
+        if progress is not None:
+            progress(step, info)
+        if waited >= patience:
+            break
+    surrogate.load_state_dict(best_state)
+    surrogate.eval()
+    return history
+
+
+def _split(total, parts):
+    """``total`` as ``parts`` near-equal non-negative counts."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def synthetic_chunks(task, num_chunks, generator, chunk_size=None, batch=64):
+    """Raw synthetic chunks for ``task``: yields (pred, target, weight) of <= ``batch`` chunks.
+
+    'cls' mixes 10, 100 and 1000 classes; 'pose' mixes 64x48 and 96x72 heatmaps.
+    """
+    if task not in TASKS:
+        raise ValueError(f"'task' should be one of {', '.join(map(repr, TASKS))} but got {task!r}")
+    size = chunk_size or TASKS[task].chunk_size
+    if task == "cls":
+        kinds = [dict(num_classes=c) for c in (10, 100, 1000)]
+    elif task == "pose":
+        kinds = [dict(heatmap_size=hw) for hw in ((64, 48), (96, 72))]
+    else:
+        kinds = [dict()]
+    sampler = dict(cls=samplers.sample_classification, pose=samplers.sample_pose,
+                   nat=samplers.sample_sequences)[task]
+    for kind, count in zip(kinds, _split(num_chunks, len(kinds)), strict=True):
+        for n in _split(count, -(-count // batch)) if count else []:
+            out = sampler(n, size, generator=generator, **kind)
+            yield out if task != "cls" else (*out, None)
+
+
+def prepare_batches(surrogate, task, batches, metric=None):
+    """``prepare`` over an iterable of raw (pred, target, weight) batches, concatenated."""
+    return concatenate([prepare(surrogate, TASKS[task], pred, target, weight, metric)
+                        for pred, target, weight in batches])

@@ -1,0 +1,320 @@
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from reloss.samplers import PAD, gaussian_heatmaps
+from reloss.surrogates import ClassificationSurrogate, PoseSurrogate, SequenceSurrogate, Surrogate
+
+
+def seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def fresh(cls):
+    torch.manual_seed(0)
+    return cls()
+
+
+def classification_batch(count=12, classes=10, seed=0):
+    """Logits (N, C), labels (N,) and sample weights (N,) with one zero."""
+    generator = seeded(seed)
+    logits = 2 * torch.randn(count, classes, generator=generator)
+    labels = torch.randint(classes, (count,), generator=generator)
+    weight = torch.rand(count, generator=generator) + 0.5
+    weight[3] = 0.0
+    return logits, labels, weight
+
+
+def pose_batch(count=5, keypoints=4, size=(16, 12), seed=0):
+    """Heatmaps, target heatmaps (N, K, H, W) and keypoint weights (N, K): some zeros, and
+    instance 1 with none visible."""
+    generator = seeded(seed)
+    height, width = size
+    extent = torch.tensor([width - 1, height - 1], dtype=torch.float32)
+    centers = torch.rand(count, keypoints, 2, generator=generator) * extent
+    target = gaussian_heatmaps(centers, size, 2.0)
+    shifted = centers + 2 * torch.randn(count, keypoints, 2, generator=generator)
+    pred = gaussian_heatmaps(shifted, size, 2.0, 0.8)
+    pred = pred + 0.05 * torch.randn(pred.shape, generator=generator)
+    weight = (torch.rand(count, keypoints, generator=generator) < 0.7).float()
+    weight[0] = torch.tensor([1.0, 0.0, 1.0, 1.0])[:keypoints]
+    weight[1] = 0.0
+    target = target * (weight > 0)[..., None, None]
+    return pred, target, weight
+
+
+def sequence_batch(count=4, length=7, vocab=30, seed=0):
+    """Logits (N, T, V), targets (N, T) right-padded with PAD and weights (N, T) (0 at pads);
+    sentence 2 is all padding."""
+    generator = seeded(seed)
+    logits = 2 * torch.randn(count, length, vocab, generator=generator)
+    lengths = torch.tensor([length, 3, 0, 5, 6, 2, 1, 4])[:count]
+    weight = (torch.arange(length) < lengths[:, None]).float()
+    target = torch.randint(4, vocab, (count, length), generator=generator)
+    target = target.masked_fill(weight == 0, PAD)
+    return logits, target, weight
+
+
+TASKS = {
+    "cls": (ClassificationSurrogate, classification_batch),
+    "pose": (PoseSurrogate, pose_batch),
+    "nat": (SequenceSurrogate, sequence_batch),
+}
+
+
+def counted(task, weight):
+    """Which samples have any non-zero unit weight."""
+    return weight != 0 if task == "cls" else (weight != 0).any(-1)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_reductions(task):
+    cls, batch = TASKS[task]
+    surrogate = fresh(cls)
+    pred, target, weight = batch()
+    values = surrogate(pred, target, weight, reduction="none")
+    assert values.shape == (pred.shape[0],)
+    assert bool(torch.isfinite(values).all())
+    torch.testing.assert_close(surrogate(pred, target, weight, reduction="sum"), values.sum())
+    kept = counted(task, weight)
+    assert 0 < int(kept.sum()) < pred.shape[0]  # some sample is left out of the mean
+    torch.testing.assert_close(values[~kept], torch.zeros(int((~kept).sum())))
+    mean = surrogate(pred, target, weight, reduction="mean")
+    torch.testing.assert_close(mean, values[kept].mean())
+    torch.testing.assert_close(surrogate(pred, target, weight), mean)  # 'mean' is the default
+
+    permutation = torch.randperm(pred.shape[0], generator=seeded(1))
+    permuted = surrogate(pred[permutation], target[permutation], weight[permutation],
+                         reduction="none")
+    torch.testing.assert_close(permuted, values[permutation])
+    torch.testing.assert_close(
+        surrogate(pred[permutation], target[permutation], weight[permutation]), mean)
+
+
+# Classification.
+
+def one_hot(labels, classes):
+    return torch.nn.functional.one_hot(labels, classes).float()
+
+
+@pytest.mark.parametrize("classes", [2, 10, 1000])
+def test_classification_hard_labels_equal_one_hot(classes):
+    surrogate = fresh(ClassificationSurrogate)
+    logits, labels, weight = classification_batch(classes=classes)
+    values = surrogate(logits, labels, reduction="none")
+    assert values.shape == (logits.shape[0],) and bool(torch.isfinite(values).all())
+    torch.testing.assert_close(surrogate(logits, one_hot(labels, classes), reduction="none"),
+                               values)
+    torch.testing.assert_close(surrogate(logits, one_hot(labels, classes), weight),
+                               surrogate(logits, labels, weight))
+
+
+@pytest.mark.parametrize("classes", [2, 10, 1000])
+def test_classification_mixup_is_the_label_weighted_average(classes):
+    surrogate = fresh(ClassificationSurrogate)
+    logits, first, _ = classification_batch(classes=classes)
+    generator = seeded(2)
+    second = (first + torch.randint(1, classes, first.shape, generator=generator)) % classes
+    lam = 0.1 + 0.8 * torch.rand(first.shape, generator=generator)
+    mixed = lam[:, None] * one_hot(first, classes) + (1 - lam[:, None]) * one_hot(second, classes)
+    values = surrogate(logits, mixed, reduction="none")
+    expected = (lam * surrogate(logits, first, reduction="none")
+                + (1 - lam) * surrogate(logits, second, reduction="none"))
+    torch.testing.assert_close(values, expected)
+    # Not trivially so: the two labels' values differ.
+    difference = (surrogate(logits, first, reduction="none")
+                  - surrogate(logits, second, reduction="none"))
+    assert float(difference.detach().abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_classification_low_precision_logits(dtype):
+    surrogate = fresh(ClassificationSurrogate)
+    logits, labels, _ = classification_batch()
+    reference = surrogate(logits, labels, reduction="none")
+    low = logits.to(dtype).requires_grad_()
+    values = surrogate(low, labels, reduction="none")
+    assert bool(torch.isfinite(values).all())
+    torch.testing.assert_close(values.float(), reference, atol=5e-3, rtol=0)
+    values.sum().backward()
+    assert low.grad.dtype == dtype and bool(torch.isfinite(low.grad).all())
+    assert float(low.grad.float().abs().sum()) > 0
+    soft = surrogate(low.detach(), one_hot(labels, 10).to(dtype), reduction="none")
+    torch.testing.assert_close(soft, values.detach())
+
+
+# Pose.
+
+def test_pose_is_size_free():
+    surrogate = fresh(PoseSurrogate)
+    outputs = []
+    for size in ((64, 48), (96, 72)):
+        scale = size[0] / 64
+        # Even pixel positions at 64x48 stay on the pixel grid at 96x72.
+        centers = torch.tensor([[[10.0, 20.0], [30.0, 40.0], [24.0, 12.0]]]) * scale
+        target = gaussian_heatmaps(centers, size, 2 * scale)
+        pred = gaussian_heatmaps(centers + 4 * scale, size, 2 * scale, 0.8)
+        features, _ = surrogate.features(pred, target)
+        values = surrogate(pred, target, reduction="none")
+        assert values.shape == (1,) and bool(torch.isfinite(values).all())
+        outputs.append((features, values))
+    # The same picture at two resolutions reads (nearly) the same features and value.
+    (small, small_value), (large, large_value) = outputs
+    torch.testing.assert_close(large[..., 0], small[..., 0], atol=1e-2, rtol=0)
+    torch.testing.assert_close(large[..., 1:], small[..., 1:], atol=0.05, rtol=0)
+    torch.testing.assert_close(large_value, small_value, atol=0.02, rtol=0)
+
+
+def test_pose_ignores_keypoints_with_zero_weight():
+    surrogate = fresh(PoseSurrogate)
+    pred, target, weight = pose_batch()
+    values = surrogate(pred, target, weight, reduction="none")
+    hidden = (weight == 0)[..., None, None]
+    noise = torch.rand(pred.shape, generator=seeded(3))
+    changed = surrogate(torch.where(hidden, noise, pred), torch.where(hidden, noise, target),
+                        weight, reduction="none")
+    torch.testing.assert_close(changed, values)
+    # An instance without a visible keypoint is worth 0, whatever its heatmaps.
+    assert float(values[1].detach()) == 0.0 and float(changed[1].detach()) == 0.0
+    # Control: changing a visible keypoint's heatmap does change its instance's value.
+    visible = torch.zeros_like(hidden)
+    visible[0, 0] = True
+    moved = surrogate(torch.where(visible, noise, pred), target, weight, reduction="none")
+    assert float((moved[0] - values[0]).detach().abs()) > 1e-4
+    torch.testing.assert_close(moved[1:], values[1:])
+
+
+def test_pose_mean_excludes_an_instance_without_weights():
+    surrogate = fresh(PoseSurrogate)
+    pred, target, weight = pose_batch()
+    values = surrogate(pred, target, weight, reduction="none")
+    mean = surrogate(pred, target, weight)
+    keep = torch.arange(pred.shape[0]) != 1
+    torch.testing.assert_close(mean, values[keep].mean())
+    torch.testing.assert_close(mean, surrogate(pred[keep], target[keep], weight[keep]))
+
+
+def test_pose_feature_gram_closed_form_equals_autograd():
+    surrogate = fresh(PoseSurrogate)
+    pred, target, weight = pose_batch(count=4, size=(12, 10), seed=4)
+    target[0, 1] = 0.0  # no peak region: the 'inside' feature is constant
+    target[2, 3] = 1.0  # peak region everywhere: the 'outside' feature is constant
+    features, weights, gram = surrogate.feature_gram(pred, target, weight)
+    auto_features, auto_weights, auto_gram = Surrogate.feature_gram(surrogate, pred, target,
+                                                                     weight)
+    assert gram.shape == (4, 4, 3, 3)
+    torch.testing.assert_close(features, auto_features)
+    torch.testing.assert_close(weights, auto_weights)
+    scale = auto_gram.abs().amax((-1, -2), keepdim=True)
+    torch.testing.assert_close(gram / scale, auto_gram / scale, atol=1e-4, rtol=1e-4)
+    assert float(gram[0, 1, 1, 1]) == 0.0 and float(gram[2, 3, 2, 2]) == 0.0
+    assert float(gram[0, 0, 1, 1]) == 1.0 and float(gram[0, 0, 2, 2]) == 1.0
+
+
+# Sequence.
+
+def test_sequence_ignores_the_logits_at_padding():
+    surrogate = fresh(SequenceSurrogate)
+    logits, target, weight = sequence_batch()
+    values = surrogate(logits, target, weight, reduction="none")
+    padding = (weight == 0)[..., None]
+    noise = 5 * torch.randn(logits.shape, generator=seeded(5))
+    changed = surrogate(torch.where(padding, noise, logits), target, weight, reduction="none")
+    torch.testing.assert_close(changed, values)
+    # Control: the logits of a real position do count.
+    real = torch.zeros_like(padding)
+    real[1, 0] = True
+    moved = surrogate(torch.where(real, noise, logits), target, weight, reduction="none")
+    assert float((moved[1] - values[1]).detach().abs()) > 1e-5
+
+
+def test_sequence_ignores_the_target_ids_at_padding():
+    surrogate = fresh(SequenceSurrogate)
+    logits, target, weight = sequence_batch()
+    values = surrogate(logits, target, weight, reduction="none")
+    other = torch.randint(4, logits.shape[-1], target.shape, generator=seeded(6))
+    changed = surrogate(logits, torch.where(weight == 0, other, target), weight,
+                        reduction="none")
+    torch.testing.assert_close(changed, values)
+
+
+def test_sequence_does_not_depend_on_unused_vocabulary():
+    surrogate = fresh(SequenceSurrogate)
+    logits, target, weight = sequence_batch()
+    values = surrogate(logits, target, weight, reduction="none")
+    extra = torch.full(logits.shape[:2] + (50,), -1e4)
+    wider = surrogate(torch.cat((logits, extra), -1), target, weight, reduction="none")
+    torch.testing.assert_close(wider, values, atol=1e-5, rtol=0)
+
+
+# Errors.
+
+def bad(cls, *args, **kwargs):
+    return lambda: fresh(cls)(*args, **kwargs)
+
+
+BAD_INPUTS = [
+    (bad(ClassificationSurrogate, torch.randn(4, 5), torch.zeros(4, 6)), ValueError,
+     r"'target' should be \(N,\) = \(4,\) class indices or \(N, C\) = \(4, 5\) soft labels but "
+     r"got torch.float32 \(4, 6\)"),
+    (bad(ClassificationSurrogate, torch.randn(4, 5), torch.zeros(3, dtype=torch.long)),
+     ValueError, r"'target' should be \(N,\) = \(4,\)"),
+    (bad(ClassificationSurrogate, torch.randn(4, 5), torch.zeros(4)), ValueError,
+     r"'target' should be .* but got torch.float32 \(4,\)"),
+    (bad(ClassificationSurrogate, torch.randn(5), torch.zeros(5, dtype=torch.long)), ValueError,
+     r"'pred' should be a 2-D \(N, C\) logits tensor but got shape \(5,\)"),
+    (bad(ClassificationSurrogate, torch.randn(4, 5), torch.zeros(4, dtype=torch.long),
+         reduction="avg"), ValueError,
+     r"'reduction' should be one of 'mean', 'sum', 'none' but got 'avg'"),
+    (bad(PoseSurrogate, torch.rand(2, 3, 8, 6), torch.rand(2, 3, 8, 6), torch.ones(2, 4)),
+     ValueError, r"'weight' should be \(N, K\) = \(2, 3\) keypoint weights but got \(2, 4\)"),
+    (bad(PoseSurrogate, torch.rand(2, 3, 8, 6), torch.rand(2, 3, 8, 6), torch.ones(6)),
+     ValueError, r"'weight' should be \(N, K\)"),
+    (bad(PoseSurrogate, torch.rand(2, 3, 8, 6), torch.rand(2, 3, 6, 8)), ValueError,
+     r"'target' should have the shape of 'pred'"),
+    (bad(PoseSurrogate, torch.rand(2, 3, 8, 6), torch.rand(2, 3, 8, 6), reduction=None),
+     ValueError, r"'reduction' should be one of"),
+    (bad(SequenceSurrogate, torch.randn(2, 5, 9), torch.zeros(2, 4, dtype=torch.long)),
+     ValueError, r"'target' should be \(N, T\) = \(2, 5\) token ids but got torch.int64 \(2, 4\)"),
+    (bad(SequenceSurrogate, torch.randn(2, 5, 9), torch.zeros(2, 5)), ValueError,
+     r"'target' should be \(N, T\) = \(2, 5\) token ids but got torch.float32"),
+    (bad(SequenceSurrogate, torch.randn(2, 5, 9), torch.zeros(2, 5, dtype=torch.long),
+         torch.ones(2, 4)), ValueError, r"'weight' should be \(N, T\) = \(2, 5\)"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_INPUTS)
+def test_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+# Gradients.
+
+def test_classification_gradcheck():
+    surrogate = fresh(ClassificationSurrogate).double()
+    logits, labels, weight = classification_batch(count=6, classes=5)
+    logits = logits.double().requires_grad_()
+    assert gradcheck(lambda x: surrogate(x, labels, weight.double()), (logits,))
+    mixed = 0.3 * one_hot(labels, 5) + 0.7 * one_hot((labels + 2) % 5, 5)
+    assert gradcheck(lambda x: surrogate(x, mixed.double()), (logits,))
+
+
+def test_pose_gradcheck():
+    surrogate = fresh(PoseSurrogate).double()
+    generator = seeded(7)
+    pred = torch.rand(1, 2, 5, 4, generator=generator, dtype=torch.float64).requires_grad_()
+    target = torch.rand(1, 2, 5, 4, generator=generator, dtype=torch.float64)
+    weight = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    assert gradcheck(lambda x: surrogate(x, target, weight), (pred,))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_gradient_is_finite_and_non_zero(task):
+    cls, batch = TASKS[task]
+    surrogate = fresh(cls)
+    pred, target, weight = batch()
+    pred = pred.requires_grad_()
+    surrogate(pred, target, weight).backward()
+    assert bool(torch.isfinite(pred.grad).all())
+    assert float(pred.grad.abs().sum()) > 0
