@@ -85,7 +85,7 @@ def prepare(surrogate, task, pred, target, weight=None, metric=None):
     """Features, unit weights, Gram matrices, metric and baseline loss of raw chunks.
 
     Args:
-        surrogate: the net whose ``features`` are used.
+        surrogate: the net whose ``feature_gram`` (features and their Gram matrices) is used.
         task (Task): gives the default metric and the baseline loss.
         pred, target, weight: raw chunks with leading dims (S, N); ``weight`` is None for 'cls'.
         metric: overrides ``task.metric``; must return (S,) finite values.
@@ -100,16 +100,16 @@ def prepare(surrogate, task, pred, target, weight=None, metric=None):
     metric_fn = metric or task.metric
     with torch.no_grad():
         metric_values = torch.as_tensor(metric_fn(pred, target, *extra))
-    # The original loss and the norm of its gradient with respect to each chunk's predictions.
-    leaf = pred.detach().float().requires_grad_()
-    baseline = task.baseline(leaf, target, *extra)
-    (baseline_grad,) = torch.autograd.grad(baseline.sum(), leaf)
-    baseline_grad_norm = baseline_grad.flatten(1).norm(dim=-1).double()
     if metric_values.shape != (chunks,):
         raise ValueError(f"the metric should return one value per chunk, shape ({chunks},), but "
                          f"returned shape {tuple(metric_values.shape)}")
     if not torch.isfinite(metric_values).all():
         raise ValueError("the metric returned NaN or Inf values")
+    # The original loss and the norm of its gradient with respect to each chunk's predictions.
+    leaf = pred.detach().float().requires_grad_()
+    baseline = task.baseline(leaf, target, *extra)
+    (baseline_grad,) = torch.autograd.grad(baseline.sum(), leaf)
+    baseline_grad_norm = baseline_grad.flatten(1).norm(dim=-1).double()
     flat_extra = tuple(x.flatten(0, 1) for x in extra)
     features, weights, gram = surrogate.feature_gram(pred.flatten(0, 1), target.flatten(0, 1),
                                                      *flat_extra)
