@@ -30,10 +30,9 @@ def test_penalty_gradient_norm_equals_autograd_on_raw_predictions(task, size):
     pred, target, weight = raw_chunks(task, 3, chunk_size=size)[0]
     pred = pred.double()
     prepared = pretrain.prepare(surrogate, pretrain.TASKS[task], pred, target, weight)
-    features = prepared["features"].double().requires_grad_()
-    chunk_loss, _, _ = pretrain._chunk_values(surrogate, features, prepared["weights"].double())
-    (grad,) = torch.autograd.grad(chunk_loss.sum(), features)
-    via_gram = torch.einsum("bnuf,bnufg,bnug->b", grad, prepared["gram"].double(), grad).sqrt()
+    prepared = {key: value.double() for key, value in prepared.items()}
+    chunk_loss, squared = pretrain._loss_and_squared_gradient(surrogate, prepared)
+    via_gram = squared.sqrt()
 
     leaf = pred.clone().requires_grad_()
     extra = () if weight is None else (weight.flatten(0, 1),)

@@ -31,7 +31,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import metrics, samplers
 from .spearman import soft_spearman, spearman
-from .surrogates import SURROGATES
 
 
 @dataclass(frozen=True)
@@ -46,10 +45,6 @@ class Task:
     baseline_name: str
     band: tuple  # the late-training band of the metric
     chunk_size: int
-
-    @property
-    def surrogate_class(self):
-        return SURROGATES[self.name]
 
 
 def cross_entropy_per_chunk(logits, labels):
@@ -140,12 +135,23 @@ def select(data, index):
     return {key: value[index] for key, value in data.items()}
 
 
-def _chunk_values(surrogate, features, weights):
-    """Chunk losses (B,) and per-sample values (B, N) from prepared features."""
+def _chunk_loss(surrogate, features, weights):
+    """Chunk losses (B,) from prepared features (B, N, U, F): the mean over counted samples."""
     batch, size = features.shape[:2]
     values = surrogate.head(features.flatten(0, 1), weights.flatten(0, 1)).view(batch, size)
     counted = (weights.sum(-1) > 0).to(values.dtype)
-    return (values * counted).sum(-1) / counted.sum(-1).clamp_min(1), values, counted
+    return (values * counted).sum(-1) / counted.sum(-1).clamp_min(1)
+
+
+def _loss_and_squared_gradient(surrogate, batch, create_graph=False):
+    """Chunk losses (B,) and ||d loss / d raw predictions||^2 per chunk (B,), from the Gram
+    matrices: sum over units of a_u^T G_u a_u with a_u = d loss / d features_u."""
+    features = batch["features"].detach().requires_grad_()
+    # The penalty differentiates twice; only the math attention kernel supports that everywhere.
+    with sdpa_kernel(SDPBackend.MATH):
+        chunk_loss = _chunk_loss(surrogate, features, batch["weights"])
+    (grad,) = torch.autograd.grad(chunk_loss.sum(), features, create_graph=create_graph)
+    return chunk_loss, torch.einsum("bnuf,bnufg,bnug->b", grad, batch["gram"], grad)
 
 
 PENALTIES = ("relative", "unit")
@@ -162,10 +168,7 @@ def objective(surrogate, batch, band=None, penalty_weight=10.0, tolerance=4.0,
     those whose metric lies in the band (when there are at least 8): within the band the loss
     values are close together, and a correlation over the whole range would blur their order.
     """
-    features = batch["features"].detach().requires_grad_()
-    # The penalty differentiates twice; only the math attention kernel supports that everywhere.
-    with sdpa_kernel(SDPBackend.MATH):
-        chunk_loss, values, counted = _chunk_values(surrogate, features, batch["weights"])
+    chunk_loss, squared = _loss_and_squared_gradient(surrogate, batch, create_graph=True)
     metric = batch["metric"].to(chunk_loss.dtype)
     rho = soft_spearman(-chunk_loss, metric, regularization_strength)
     if band is not None:
@@ -174,8 +177,6 @@ def objective(surrogate, batch, band=None, penalty_weight=10.0, tolerance=4.0,
             rho_band = soft_spearman(-chunk_loss[in_band], metric[in_band],
                                      regularization_strength)
             rho = (rho + rho_band) / 2
-    (grad,) = torch.autograd.grad(chunk_loss.sum(), features, create_graph=True)
-    squared = torch.einsum("bnuf,bnufg,bnug->b", grad, batch["gram"], grad)
     if penalty == "unit":  # the authors' form
         value = ((squared + 1e-24).sqrt() - 1).square().mean()
     else:
@@ -191,7 +192,7 @@ def chunk_losses(surrogate, data, batch=512):
     out = []
     for start in range(0, data["metric"].shape[0], batch):
         part = slice(start, start + batch)
-        out.append(_chunk_values(surrogate, data["features"][part], data["weights"][part])[0])
+        out.append(_chunk_loss(surrogate, data["features"][part], data["weights"][part]))
     return torch.cat(out).double()
 
 
@@ -208,11 +209,7 @@ def gradient_norms(surrogate, data, batch=512):
     out = []
     for start in range(0, data["metric"].shape[0], batch):
         part = select(data, slice(start, start + batch))
-        features = part["features"].detach().requires_grad_()
-        with sdpa_kernel(SDPBackend.MATH):
-            chunk_loss = _chunk_values(surrogate, features, part["weights"])[0]
-        (grad,) = torch.autograd.grad(chunk_loss.sum(), features)
-        out.append(torch.einsum("bnuf,bnufg,bnug->b", grad, part["gram"], grad).sqrt())
+        out.append(_loss_and_squared_gradient(surrogate, part)[1].detach().sqrt())
     return torch.cat(out).double()
 
 

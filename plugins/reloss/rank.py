@@ -125,9 +125,14 @@ def soft_rank(x, regularization_strength=None, backend="auto"):
     return _soft_rank(x, regularization_strength, name)
 
 
+def upcast_half(x):
+    """float16 and bfloat16 tensors as float32 (other dtypes unchanged), for the arithmetic that
+    half precision cannot carry: ranks, softmax, standardisation."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _soft_rank(x, strength, backend):
     """soft_rank on checked input, with a resolved backend; computes half precision in float32."""
     if strength is None:
         strength = DEFAULT_STRENGTH[backend]
-    compute = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    return _RANKERS[backend](compute, strength).to(x.dtype)
+    return _RANKERS[backend](upcast_half(x), strength).to(x.dtype)

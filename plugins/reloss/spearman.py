@@ -10,7 +10,7 @@ from ._validate import (
     check_same_shape,
     check_tensor,
 )
-from .rank import _soft_rank, resolve_backend
+from .rank import _soft_rank, resolve_backend, upcast_half
 
 
 def exact_rank(x, dim=-1):
@@ -142,8 +142,7 @@ def soft_spearman(pred, target, regularization_strength=None, backend="auto"):
     name = resolve_backend(backend, rows)
     if regularization_strength is not None:
         check_positive("regularization_strength", regularization_strength)
-    compute = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
-    ranks = _soft_rank(_Standardize.apply(compute), regularization_strength, name)
+    ranks = _soft_rank(_Standardize.apply(upcast_half(rows)), regularization_strength, name)
     target_ranks = exact_rank(target.detach().reshape(rows.shape)).to(ranks.dtype)
     rho = _CorrelateWithFixed.apply(ranks, target_ranks)
     return rho.reshape(pred.shape[:-1]).to(pred.dtype)

@@ -14,18 +14,18 @@ import torch
 from torch import nn
 
 from ._validate import check_choice, check_float, check_ndim, check_tensor
+from .rank import upcast_half
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _mlp(sizes, final_activation=None):
+def _mlp(sizes):
+    """Linear layers of the given sizes with ELU between them (none after the last)."""
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2:
             layers.append(nn.ELU())
-    if final_activation is not None:
-        layers.append(final_activation)
     return nn.Sequential(*layers)
 
 
@@ -62,8 +62,12 @@ class Surrogate(nn.Module):
         raise NotImplementedError
 
     def head(self, features, weights):
-        """Per-sample values (N,) from features (N, U, F) and unit weights (N, U)."""
-        raise NotImplementedError
+        """Per-sample values (N,) from features (N, U, F) and unit weights (N, U).
+
+        By default ``self.net`` scores each unit and a sample's value is the weighted mean of its
+        units' scores.
+        """
+        return weighted_unit_mean(self.net(features).squeeze(-1), weights)
 
     def feature_gram(self, pred, target, weight=None):
         """(features, weights, gram): gram (N, U, F, F) holds the inner products of the features'
@@ -130,7 +134,7 @@ class ClassificationSurrogate(Surrogate):
         check_tensor("target", target)
         if pred.shape[-1] < 2:
             raise ValueError(f"'pred' should have C >= 2 classes but got shape {tuple(pred.shape)}")
-        logits = pred.float() if pred.dtype in (torch.float16, torch.bfloat16) else pred
+        logits = upcast_half(pred)
         if target.dim() == 1 and target.shape[0] == pred.shape[0] and not (
                 target.is_floating_point() or target.is_complex()):
             index = target.long().unsqueeze(-1)
@@ -156,9 +160,6 @@ class ClassificationSurrogate(Surrogate):
         best_other = torch.where(is_top, top2[..., 1:], top2[..., :1])
         margin = torch.asinh(own - best_other)
         return torch.stack((probability, margin), -1), weights
-
-    def head(self, features, weights):
-        return weighted_unit_mean(self.net(features).squeeze(-1), weights)
 
 
 class PoseSurrogate(Surrogate):
@@ -242,9 +243,6 @@ class PoseSurrogate(Surrogate):
             gram[..., 2, 2] = has_outside.to(gram.dtype)
         return features, weights, gram
 
-    def head(self, features, weights):
-        return weighted_unit_mean(self.net(features).squeeze(-1), weights)
-
 
 def _sinusoid(positions, dim):
     """(T,) positions -> (T, dim) sinusoidal encodings (Vaswani et al., 2017)."""
@@ -296,8 +294,7 @@ class SequenceSurrogate(Surrogate):
             raise ValueError(f"'target' should be (N, T) = {tuple(pred.shape[:2])} token ids but "
                              f"got {target.dtype} {tuple(target.shape)}")
         weight = _unit_weights(weight, pred, "(N, T)", "position weights (0 at padding)")
-        log_p = (pred.float() if pred.dtype in (torch.float16, torch.bfloat16) else pred)
-        log_p = log_p.log_softmax(-1)
+        log_p = upcast_half(pred).log_softmax(-1)
         target = target.long()
         previous = torch.cat((target[:, :1], target[:, :-1]), 1)
         following = torch.cat((target[:, 1:], target[:, -1:]), 1)
