@@ -9,17 +9,31 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 # Installed from source or without their own dependencies (see README, "Environment").
 SPECIAL := mmpose|xtcocotools|fairseq-fixed|torchsort
 
-.PHONY: demo benchmark test lint env clean-env
+.PHONY: demo demo-surrogate benchmark benchmark-training benchmark-step test lint env clean-env
+
+# The main job: train a ResNet-20 on scikit-learn's digits through mmengine's Runner with
+# cross-entropy and with ReLossCls, 3 seeds each, and compare (a few minutes).
+demo: $(STAMP)
+	$(BIN)/python tools/demo_digits.py --out work_dirs/demo/$$(date +%Y%m%d_%H%M%S)
 
 # Learn a classification surrogate (about 30 s) and check it on a real model's predictions.
-demo: $(STAMP)
-	out=work_dirs/demo/$$(date +%Y%m%d_%H%M%S) && \
+demo-surrogate: $(STAMP)
+	out=work_dirs/demo_surrogate/$$(date +%Y%m%d_%H%M%S) && \
 	$(BIN)/python tools/digits_predictions.py --out $$out/digits_predictions.pt && \
 	$(BIN)/python tools/pretrain_surrogate.py --task cls --out $$out/surrogate_cls \
 		--eval-data $$out/digits_predictions.pt
 
 benchmark: $(STAMP)
 	$(BIN)/python tools/benchmark_rank.py --out work_dirs/benchmark_rank
+
+# Train small models with each shipped surrogate and with the loss it replaces (about 5 min each).
+benchmark-training: $(STAMP)
+	for task in cls pose nat; do \
+		$(BIN)/python tools/benchmark_training.py --task $$task --force || exit 1; done
+
+# Training-step time of ResNet-56 with ReLossCls against cross-entropy.
+benchmark-step: $(STAMP)
+	$(BIN)/python tools/benchmark_step.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests

@@ -219,7 +219,7 @@ def test_checkpoint_field_errors(tmp_path):
 
     with pytest.raises(ValueError, match=r"x.pt: field 'state_dict' does not match"):
         reloss.load_surrogate(broken(architecture=dict(type="ClassificationSurrogate",
-                                                       hidden=32, depth=2)))
+                                                       knots=8)))
     with pytest.raises(ValueError, match=r"x.pt: field 'architecture' does not fit"):
         reloss.load_surrogate(broken(architecture=dict(type="ClassificationSurrogate", width=3)))
     with pytest.raises(ValueError, match=r"x.pt: field 'architecture' should be a dict with type"):
@@ -249,8 +249,8 @@ def test_shipped_surrogate_beats_the_original_loss_on_fresh_chunks(task):
     ours, theirs = figures["surrogate"], figures["baseline"]
     assert ours["full"] > theirs["full"], figures
     assert ours["band"] >= theirs["band"] + 0.05, figures
-    if task == "cls":
-        assert ours["full"] >= 0.95, figures
+    if task == "cls":  # by a clear margin on the whole range too
+        assert ours["full"] >= theirs["full"] + 0.05, figures
 
 
 def test_shipped_classification_surrogate_beats_cross_entropy_on_a_real_model(tmp_path):

@@ -33,6 +33,14 @@ from reloss import checkpoint, pretrain, samplers
 from reloss.surrogates import SURROGATES
 
 OUTPUTS = ("surrogate.pt", "model_card.json", "scatter.png", "results.md")
+# Per-task defaults of the options that have none on the command line. 'cls': the gradient may
+# fall 10x below cross-entropy's on a chunk (so the loss can saturate on hopeless samples) but rise
+# only 1.5x above it (README, "Training with a surrogate").
+TASK_DEFAULTS = {
+    "cls": dict(steps=600, tolerance=[10.0, 1.5]),
+    "pose": dict(steps=300, tolerance=[4.0]),
+    "nat": dict(steps=300, tolerance=[4.0]),
+}
 
 
 def parse_args(argv=None):
@@ -54,7 +62,8 @@ def parse_args(argv=None):
     parser.add_argument("--train-chunks", type=int, default=3000,
                         help="synthetic training chunks (held-out: a quarter each for val, test)")
     parser.add_argument("--chunk-size", type=int, help="samples per chunk (default: per task)")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, help="training steps (default: per task, "
+                                                  "TASK_DEFAULTS)")
     parser.add_argument("--chunks-per-step", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
@@ -62,16 +71,25 @@ def parse_args(argv=None):
     parser.add_argument("--penalty", choices=pretrain.PENALTIES, default="relative",
                         help="gradient penalty: 'relative' to the original loss's gradient "
                              "(default) or 'unit', the authors' (||grad|| - 1)^2")
-    parser.add_argument("--tolerance", type=float, default=4.0,
+    parser.add_argument("--tolerance", type=float, nargs="+", metavar="FACTOR",
                         help="free factor between the surrogate's and the original loss's "
-                             "gradient norm per chunk")
+                             "gradient norm per chunk; two values: BELOW ABOVE (default: per "
+                             "task, TASK_DEFAULTS)")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--band", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="late-training band of the metric (default: per task)")
     parser.add_argument("--arch", nargs="*", default=[], metavar="KEY=VALUE",
                         help="surrogate constructor arguments, e.g. hidden=128 depth=3")
-    return parser, parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for key, value in TASK_DEFAULTS[args.task].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if len(args.tolerance) not in (1, 2) or min(args.tolerance) < 1:
+        parser.error(f"--tolerance should be one factor or two (BELOW ABOVE), each >= 1, but got "
+                     f"{' '.join(map(str, args.tolerance))}")
+    args.tolerance = args.tolerance[0] if len(args.tolerance) == 1 else tuple(args.tolerance)
+    return parser, args
 
 
 def import_metric(parser, spec):

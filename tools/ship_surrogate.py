@@ -1,10 +1,14 @@
 """Copy a surrogate that tools/pretrain_surrogate.py wrote into the package, under a name.
 
     python tools/ship_surrogate.py work_dirs/surrogate_cls cls [--force]
+    python tools/ship_surrogate.py work_dirs/surrogate_cls cls --force \
+        --benchmark work_dirs/benchmark_training/cls/results.json
 
 Copies DIR/surrogate.pt to plugins/reloss/checkpoints/NAME.pt and DIR/model_card.json to NAME.json,
 after checking the checkpoint against the card's sha256, and records the sha256 in manifest.json,
-which ``reloss.load_surrogate(NAME)`` checks on every load.
+which ``reloss.load_surrogate(NAME)`` checks on every load. ``--benchmark`` adds the figures of
+``tools/benchmark_training.py`` runs on this very checkpoint (same sha256) to the model card, next
+to its ranking figures.
 """
 import argparse
 import json
@@ -14,17 +18,44 @@ import shutil
 from reloss import checkpoint
 
 
+def benchmark_summary(parser, path, card):
+    """The figures of a benchmark_training results.json, checked to be of this checkpoint."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        parser.error(f"--benchmark {path}: cannot read it ({error})")
+    if record.get("sha256") != card["sha256"] or record.get("task") != card["task"]:
+        parser.error(f"--benchmark {path}: it benchmarks a '{record.get('task')}' surrogate with "
+                     f"sha256 {str(record.get('sha256'))[:12]}..., not this checkpoint "
+                     f"('{card['task']}', {card['sha256'][:12]}...)")
+    keep = ("command", "metric", "chance", "seeds", "quick", "original_weight", "default_arm",
+            "loss_ms", "seconds", "machine")
+    summary = {key: record[key] for key in keep if key in record}
+    summary["results"] = {variant: {arm: result["summary"] for arm, result in arms.items()}
+                          for variant, arms in record["results"].items()}
+    for variant, arms in record["results"].items():
+        if arms.get("mixed", {}).get("gradient_share") is not None:
+            summary["results"][variant]["mixed"]["gradient_share"] = arms["mixed"][
+                "gradient_share"]
+    return summary
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="an --out folder of tools/pretrain_surrogate.py")
     parser.add_argument("name", help="the name to load it by, e.g. cls")
     parser.add_argument("--force", action="store_true", help="replace a shipped surrogate")
+    parser.add_argument("--benchmark", nargs="+", default=[], metavar="RESULTS_JSON",
+                        help="results.json of tools/benchmark_training.py runs to record")
     args = parser.parse_args()
     source = os.path.join(args.folder, "surrogate.pt")
     with open(os.path.join(args.folder, "model_card.json"), encoding="utf-8") as f:
         card = json.load(f)
     if checkpoint.sha256_file(source) != card["sha256"]:
         parser.error(f"{source} does not match the sha256 in its model card")
+    for path in args.benchmark:
+        card.setdefault("training_benchmark", []).append(benchmark_summary(parser, path, card))
     manifest = checkpoint.shipped()
     if args.name in manifest and not args.force:
         parser.error(f"'{args.name}' is already shipped; pass --force to replace it")

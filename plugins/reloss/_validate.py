@@ -54,3 +54,39 @@ def check_choice(name, value, choices):
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"'{name}' should be one of {allowed} but got {value!r}")
+
+
+class DeferredCheck:
+    """Value checks (label ranges, NaN) that never stall an accelerator.
+
+    On the CPU a failed check raises at once. On a GPU, reading a flag would wait for the device
+    every step; instead the flag is copied to pinned host memory without blocking, and a later
+    call raises once the copy has landed (within a step or two of the bad batch).
+    """
+
+    def __init__(self):
+        self._pending = []
+
+    def __call__(self, bad, message):
+        """``bad``: a bool tensor, True where something is wrong; ``message``: the error text."""
+        self.poll()
+        if bad.device.type == "cpu":
+            if bool(bad.any()):
+                raise ValueError(message)
+            return
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(bad.any(), non_blocking=True)
+        event = torch.cuda.Event() if bad.device.type == "cuda" else None
+        if event is not None:
+            event.record()
+        self._pending.append((event, host, message))
+
+    def poll(self):
+        while self._pending:
+            event, host, message = self._pending[0]
+            if event is not None and not event.query():
+                return
+            self._pending.pop(0)
+            if bool(host):
+                raise ValueError(f"{message} (seen on the GPU a step or so before this one: the "
+                                 f"check does not wait for the device)")

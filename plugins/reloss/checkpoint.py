@@ -12,6 +12,7 @@ and a model card each (``<name>.json``). Nothing is ever downloaded.
 import hashlib
 import json
 import os
+import pickle
 
 import torch
 
@@ -92,7 +93,12 @@ def load_surrogate(name_or_path, sha256=None, trainable=False):
     if expected is not None and actual != expected:
         raise ValueError(f"{path}: sha256 {actual} does not match {expected} recorded in {source}; "
                          f"the file is corrupt or not the one that was recorded")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as error:
+        raise ValueError(f"{path}: not a readable surrogate checkpoint (torch.load failed: "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__})"
+                         ) from None
     _field(path, payload, "format", lambda v: v == FORMAT, repr(FORMAT))
     task = _field(path, payload, "task", lambda v: v in SURROGATES,
                   f"one of {', '.join(map(repr, SURROGATES))}")

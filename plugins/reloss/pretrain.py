@@ -162,7 +162,8 @@ def objective(surrogate, batch, band=None, penalty_weight=10.0, tolerance=4.0,
     """(objective, soft rho, penalty) on a batch of prepared chunks.
 
     ``penalty`` is 'relative' (the default, see the module's docstring) or 'unit', the authors'
-    (||dL/d pred|| - 1)^2 per chunk, kept for comparison.
+    (||dL/d pred|| - 1)^2 per chunk, kept for comparison. ``tolerance`` is one factor, or two:
+    (below, above) the original loss's gradient norm.
 
     With a ``band``, rho is the mean of the soft Spearman over all the batch's chunks and over
     those whose metric lies in the band (when there are at least 8): within the band the loss
@@ -182,7 +183,9 @@ def objective(surrogate, batch, band=None, penalty_weight=10.0, tolerance=4.0,
     else:
         target = batch["baseline_grad_norm"].to(squared.dtype).clamp_min(1e-12)
         log_ratio = 0.5 * (squared + 1e-24).log() - target.log()
-        value = (log_ratio.abs() - math.log(tolerance)).clamp_min(0).square().mean()
+        below, above = tolerance if isinstance(tolerance, (tuple, list)) else (tolerance,) * 2
+        excess = torch.maximum(log_ratio - math.log(above), -log_ratio - math.log(below))
+        value = excess.clamp_min(0).square().mean()
     return -rho + penalty_weight * value, rho, value
 
 

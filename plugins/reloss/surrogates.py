@@ -11,6 +11,7 @@ Pretraining (:mod:`reloss.pretrain`) learns the head on stored features; the too
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._validate import check_choice, check_float, check_ndim, check_tensor
@@ -96,22 +97,133 @@ class Surrogate(nn.Module):
         return values.sum() / counted.sum().clamp_min(1)
 
 
-class ClassificationSurrogate(Surrogate):
-    """A learned function of the probability of the true class and its lead over the runner-up.
+class MonotoneSteps(nn.Module):
+    """A learned non-decreasing function of each input, summed over inputs: ``sum_j g_j(x_j)``.
 
-    Per sample it reads ``p_y`` (softmax probability of the label) and ``asinh`` of the margin
-    ``z_y - max_{c != y} z_c`` (logit of the label minus the best other logit); an MLP with ELU
-    maps them to the sample's loss. The authors' surrogate reads ``p_y`` alone (MLP
-    1-128-128-128-1); the margin is what top-1 accuracy actually decides on (its sign), so the
-    learned loss can rank by it at any number of classes, and a 64-wide, 2-hidden-layer MLP ranks
-    as well as the authors' size at a quarter of the cost. Soft or mixup labels (N, C) give
-    ``sum_c y_c f(c) / sum_c y_c`` (as cross-entropy treats them), evaluated only for classes with
-    a non-zero label.
+    ``g_j(x) = softplus(s_j) x + sum_k softplus(a_jk) w_jk sigmoid((x - c_jk) / w_jk)``: a linear
+    part and ``knots`` smooth steps with learned centres ``c``, widths ``w`` and heights; every
+    slope is >= 0 by construction, and the steps let it saturate where the metric stops caring.
+    It starts with steps of height ``amplitude`` spread evenly over [0, ``span``].
 
     Args:
-        hidden (int): width of the MLP.
-        depth (int): number of hidden layers.
-        margin (bool): read the margin; False reads ``p_y`` alone, as the authors' net.
+        inputs (int): number of inputs (features) F.
+        knots (int): steps per input.
+        span (float): where the steps start out: centres evenly over [0, span].
+    """
+
+    def __init__(self, inputs, knots=16, span=8.0, linear=True, amplitude=0.5, slope=0.02):
+        super().__init__()
+        width = span / knots
+        self.centres = nn.Parameter(torch.linspace(0, span, knots).repeat(inputs, 1))
+        self.log_widths = nn.Parameter(torch.full((inputs, knots), math.log(width)))
+        # softplus(raw) is the slope at a step's centre times 4; start at `amplitude`.
+        self.raw_heights = nn.Parameter(torch.full((inputs, knots),
+                                                   math.log(math.expm1(amplitude))))
+        # Without the linear part g_j is bounded: its slope vanishes far beyond the steps.
+        self.raw_slopes = nn.Parameter(torch.full((inputs,), math.log(math.expm1(slope)))
+                                       ) if linear else None
+
+    def forward(self, x):
+        """(..., F) -> (..., 1)."""
+        widths = self.log_widths.exp()
+        steps = torch.sigmoid((x.unsqueeze(-1) - self.centres) / widths)
+        values = (F.softplus(self.raw_heights) * widths * steps).sum(-1)
+        if self.raw_slopes is not None:
+            values = values + F.softplus(self.raw_slopes) * x
+        return values.sum(-1, keepdim=True)
+
+    def frozen_parameters(self, dtype, device=None):
+        """(centres, 1 / widths, heights, heights * widths, linear slopes) as plain tensors, for
+        evaluating the function without autograd (see _FrozenClassificationLoss)."""
+        with torch.no_grad():
+            widths = self.log_widths.exp()
+            heights = F.softplus(self.raw_heights)
+            values = (self.centres, 1 / widths, heights, heights * widths, self._linear_slopes())
+            return tuple(t.to(device=device, dtype=dtype) for t in values)
+
+    def _linear_slopes(self):
+        if self.raw_slopes is None:
+            return self.centres.new_zeros(self.centres.shape[0])
+        return F.softplus(self.raw_slopes)
+
+
+def _label_units(logits, target):
+    """(index (N, k), weights (N, k)): the classes each sample's loss is taken on, and their
+    label weights (1 for hard labels; the non-zero entries of soft labels)."""
+    if target.dim() == 1 and target.shape[0] == logits.shape[0] and not (
+            target.is_floating_point() or target.is_complex()):
+        index = target.long().unsqueeze(-1)
+        return index, torch.ones(index.shape, dtype=logits.dtype, device=logits.device)
+    if target.shape == logits.shape and target.is_floating_point():
+        # Evaluate only where the label is non-zero (2 classes per row for mixup).
+        k = max(int((target != 0).sum(-1).max()), 1)
+        weights, index = target.topk(k, dim=-1)
+        return index, weights.to(logits.dtype)
+    raise ValueError(f"'target' should be (N,) = ({logits.shape[0]},) class indices or "
+                     f"(N, C) = {tuple(logits.shape)} soft labels but got {target.dtype} "
+                     f"{tuple(target.shape)}")
+
+
+def _tempered_cross_entropy(logits, index, temperatures):
+    """u_T = T logsumexp(z / T) - z_y for each label index and temperature: (N, k, F)."""
+    own = logits.gather(-1, index)
+    return torch.stack([t * torch.logsumexp(logits / t, -1, keepdim=True) - own
+                        for t in temperatures], -1)
+
+
+class _FrozenClassificationLoss(torch.autograd.Function):
+    """Per-sample values of a frozen ClassificationSurrogate with the gradient written out:
+    d u_T / d z = softmax(z / T) - onehot(y), so d L / d z = sum_T g_T'(u_T) (softmax(z / T) - e_y),
+    for each label entry, weighted by its share of the label."""
+
+    @staticmethod
+    def forward(ctx, logits, index, share, table):
+        temperatures, inverse, centres, inverse_widths, heights, scaled_heights, linear = table
+        top = logits.amax(1, keepdim=True)  # T logsumexp(z / T) = max z + T log sum exp(...)
+        exponentials = ((logits - top).unsqueeze(-1) * inverse).exp()  # (N, C, F)
+        sums = exponentials.sum(1, keepdim=True)  # (N, 1, F)
+        u = (sums.log() * temperatures + (top - logits.gather(1, index)).unsqueeze(-1))
+        steps = torch.sigmoid((u.unsqueeze(-1) - centres) * inverse_widths)  # (N, k, F, K)
+        values = (steps * scaled_heights).sum((-1, -2)) + (u * linear).sum(-1)  # (N, k)
+        slopes = ((steps - steps.square()) * heights).sum(-1) + linear  # (N, k, F)
+        if share is not None:
+            values, slopes = values * share, slopes * share.unsqueeze(-1)
+        ctx.save_for_backward(exponentials, sums, index, slopes)
+        return values.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        exponentials, sums, index, slopes = ctx.saved_tensors
+        coefficient = slopes * grad_values.view(-1, 1, 1)  # (N, k, F)
+        grad = (exponentials * (coefficient.sum(1, keepdim=True) / sums)).sum(-1)
+        return grad.scatter_add(-1, index, -coefficient.sum(-1)), None, None, None
+
+
+class ClassificationSurrogate(Surrogate):
+    """A learned, non-decreasing function of the cross-entropy at several temperatures.
+
+    Per label it reads ``u_T = T logsumexp(z / T) - z_y`` for each temperature T (T = 1 is the
+    cross-entropy; as T falls, u_T tends to the hinge ``max(0, max_c z_c - z_y)``, which is what
+    top-1 accuracy decides on) and adds up learned non-decreasing functions of them
+    (:class:`MonotoneSteps`). So:
+
+    - nothing to game: every u_T is smallest for the label itself, and the loss never rises when
+      one falls;
+    - gradients teach like cross-entropy's: d L / d z = sum_T g_T'(u_T) (softmax(z / T) - e_y), a
+      non-negative mix of cross-entropy gradients at sharper temperatures (positive cosine with
+      cross-entropy's gradient for every sample, spread over all the logits);
+    - the learned part is free to saturate where accuracy stops caring (a sample far on the wrong
+      side) instead of pushing there harder, as cross-entropy does: that is what keeps noisy labels
+      from being memorised.
+
+    The authors' surrogate (an MLP on p(true class)) is the one-temperature case without the
+    monotonicity. Soft or mixup labels (N, C) give ``sum_c y_c f(c) / sum_c y_c`` (as
+    cross-entropy treats them), evaluated only for classes with a non-zero label.
+
+    Args:
+        temperatures (sequence of float): the temperatures T, each > 0.
+        knots (int): learned steps per temperature.
+        span (float): the range of u_T the steps start out spread over.
 
     Note:
         N samples, C classes; any C >= 2.
@@ -119,81 +231,146 @@ class ClassificationSurrogate(Surrogate):
 
     task = "cls"
 
-    def __init__(self, hidden=64, depth=2, margin=True):
+    def __init__(self, temperatures=(1.0, 0.1), knots=16, span=8.0, linear=True):
         super().__init__()
-        self.hidden, self.depth, self.margin = hidden, depth, margin
-        self.num_features = 2 if margin else 1
-        self.net = _mlp([self.num_features] + [hidden] * depth + [1])
+        self.temperatures = tuple(float(t) for t in temperatures)
+        if not self.temperatures or min(self.temperatures) <= 0:
+            raise ValueError(f"'temperatures' should be one or more numbers > 0 but got "
+                             f"{temperatures!r}")
+        self.knots, self.span, self.linear = knots, span, linear
+        self.num_features = len(self.temperatures)
+        self.net = MonotoneSteps(self.num_features, knots, span, linear)
 
     def config(self):
-        return dict(hidden=self.hidden, depth=self.depth, margin=self.margin)
+        return dict(temperatures=list(self.temperatures), knots=self.knots, span=self.span,
+                    linear=self.linear)
 
-    def features(self, pred, target, weight=None):
+    def _frozen_table(self, like):
+        """The temperatures and the learned functions' parameters as plain tensors of the dtype
+        and device of ``like``, cached until a parameter changes."""
+        key = (like.dtype, like.device, tuple((p.data_ptr(), p._version)
+                                              for p in self.parameters()))
+        if getattr(self, "_table_key", None) != key:
+            temperatures = torch.tensor(self.temperatures, dtype=like.dtype, device=like.device)
+            self._table = (temperatures, 1 / temperatures,
+                           *self.net.frozen_parameters(like.dtype, like.device))
+            self._table_key = key
+        return self._table
+
+    def _check(self, pred, target):
         check_float("pred", pred)
         check_ndim("pred", pred, (2,), "2-D (N, C) logits")
         check_tensor("target", target)
         if pred.shape[-1] < 2:
             raise ValueError(f"'pred' should have C >= 2 classes but got shape {tuple(pred.shape)}")
         logits = upcast_half(pred)
-        if target.dim() == 1 and target.shape[0] == pred.shape[0] and not (
-                target.is_floating_point() or target.is_complex()):
-            index = target.long().unsqueeze(-1)
-            weights = torch.ones(index.shape, dtype=logits.dtype, device=logits.device)
-        elif target.shape == pred.shape and target.is_floating_point():
-            # Evaluate only where the label is non-zero (2 classes per row for mixup).
-            k = max(int((target != 0).sum(-1).max()), 1)
-            weights, index = target.topk(k, dim=-1)
-            weights = weights.to(logits.dtype)
-        else:
-            raise ValueError(f"'target' should be (N,) = ({pred.shape[0]},) class indices or "
-                             f"(N, C) = {tuple(pred.shape)} soft labels but got {target.dtype} "
-                             f"{tuple(target.shape)}")
-        probability = logits.softmax(-1).gather(-1, index)
+        index, weights = _label_units(logits, target)
+        return logits, index, weights
+
+    def features(self, pred, target, weight=None):
+        logits, index, weights = self._check(pred, target)
         if weight is not None:
             weights = weights * weight.reshape(-1, 1).to(weights.dtype)
-        if not self.margin:
-            return probability.unsqueeze(-1), weights
-        own = logits.gather(-1, index)
-        # Best logit other than the unit's class: the top one, or the second where the top is it.
-        top2, top2_index = logits.topk(2, dim=-1)
-        is_top = top2_index[..., :1] == index
-        best_other = torch.where(is_top, top2[..., 1:], top2[..., :1])
-        margin = torch.asinh(own - best_other)
-        return torch.stack((probability, margin), -1), weights
+        return _tempered_cross_entropy(logits, index, self.temperatures), weights
+
+    def forward(self, pred, target, weight=None, reduction="mean"):
+        """Per-sample losses, multiplied by ``weight`` (N,) if given, then reduced; 'mean'
+        divides by the number of samples with a non-zero weight."""
+        check_choice("reduction", reduction, REDUCTIONS)
+        logits, index, weights = self._check(pred, target)
+        if weight is not None:
+            check_tensor("weight", weight)
+            if tuple(weight.shape) != (pred.shape[0],):
+                raise ValueError(f"'weight' should be (N,) = ({pred.shape[0]},) sample weights "
+                                 f"but got {tuple(weight.shape)}")
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            values = self.head(_tempered_cross_entropy(logits, index, self.temperatures), weights)
+        else:  # frozen, as when training a model: the same values, the gradient written out
+            share = None if index.shape[1] == 1 else weights / weights.sum(-1, keepdim=True
+                                                                            ).clamp_min(1e-30)
+            values = _FrozenClassificationLoss.apply(logits, index, share,
+                                                     self._frozen_table(logits))
+        if weight is not None:
+            values = values * weight.to(values.dtype)
+        if reduction == "none":
+            return values
+        if reduction == "sum":
+            return values.sum()
+        if weight is None:
+            return values.mean()
+        return values.sum() / (weight != 0).sum().clamp_min(1).to(values.dtype)
+
+
+class _RegionWeightedMSE(torch.autograd.Function):
+    """Per-sample sum_k (a_k mse_in_k + b_k mse_out_k): the squared error of heatmap k summed
+    over its peak region and over the rest (each divided by all its pixels), with coefficients
+    a, b that receive no gradient. The forward pass is given the errors (e, and e on the peak
+    region, 0 elsewhere) and the two sums; the backward pass is b e + (a - b) e_in."""
+
+    @staticmethod
+    def forward(ctx, pred, error, error_in, mse_in, mse_out, coefficient_in, coefficient_out):
+        ctx.save_for_backward(error, error_in, coefficient_in, coefficient_out)
+        ctx.shape = pred.shape
+        return (coefficient_in * mse_in + coefficient_out * mse_out).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        error, error_in, coefficient_in, coefficient_out = ctx.saved_tensors
+        scale = grad_values.unsqueeze(-1) * (2.0 / error.shape[-1])
+        out, difference = coefficient_out * scale, (coefficient_in - coefficient_out) * scale
+        grad = torch.addcmul(error * out.unsqueeze(-1), error_in, difference.unsqueeze(-1))
+        return grad.view(ctx.shape), None, None, None, None, None, None
 
 
 class PoseSurrogate(Surrogate):
-    """A learned loss on keypoint heatmaps that works at any heatmap size.
+    """Learned weights times the squared error of keypoint heatmaps, at any heatmap size.
 
-    Per keypoint it reads three size-free numbers: the log mean squared error of the heatmap, the
-    highest predicted value near the target's peak (where the target heatmap exceeds
-    ``region`` x its maximum), and the highest predicted value away from it. An MLP maps them to a
-    per-keypoint loss; an instance's value is the mean over its keypoints, weighted by the
-    keypoint weights (0 for invisible joints). The MSE term gives every pixel a gradient; the two
-    peak terms push the right peak up and a competing peak down, which is what the PCK of argmax
-    locations rewards.
+    Per keypoint it reads four size-free numbers: the log squared error over the target's peak
+    region (where the target heatmap exceeds ``region`` x its maximum) and over the rest of the
+    heatmap (each summed and divided by all H W pixels, so that the two add up to the MSE), the
+    highest predicted value in the peak region and the highest elsewhere. An MLP maps them,
+    squashed by ``tanh`` so that the net never extrapolates (a spiked heatmap reads like a high
+    one), to two weights in (0, 1) through a sigmoid: one for the peak region's squared error,
+    one for the rest's. An instance's value is the mean over its keypoints of
+    ``weight_in * mse_in + weight_out * mse_out``, weighted by the keypoint weights (0 for
+    invisible joints). The authors' pose surrogate is one learned weight per keypoint times its
+    MSE; the split lets the loss weigh the peak, which decides the argmax, apart from the
+    background.
+
+    The weights are computed without gradient: at each pixel the gradient is MSE's, scaled by
+    its keypoint's and region's weight. So there is nothing to game: the target is the minimum
+    of every keypoint's loss, and no prediction lowers its loss by moving its weights.
+    Pretraining learns the weights by ranking (the value depends on them), and its gradient
+    penalty sees only the gradient that training uses.
 
     Args:
         hidden (int): width of the MLP.
         depth (int): number of hidden layers.
-        region (float): fraction of the target peak that delimits "near the peak".
+        region (float): fraction of the target peak that delimits the peak region.
 
     Note:
         N instances, K keypoints, H x W heatmaps; any H and W.
     """
 
-    task, num_features = "pose", 3
+    task, num_features = "pose", 4
 
-    def __init__(self, hidden=32, depth=2, region=0.1):
+    def __init__(self, hidden=32, depth=2, region=0.1, floor=0.0):
         super().__init__()
-        self.hidden, self.depth, self.region = hidden, depth, region
-        self.net = _mlp([self.num_features] + [hidden] * depth + [1])
+        if not 0 <= floor < 1:
+            raise ValueError(f"'floor' should be in [0, 1) but got {floor!r}")
+        self.hidden, self.depth, self.region, self.floor = hidden, depth, region, floor
+        self.net = _mlp([self.num_features] + [hidden] * depth + [2])
 
     def config(self):
-        return dict(hidden=self.hidden, depth=self.depth, region=self.region)
+        return dict(hidden=self.hidden, depth=self.depth, region=self.region, floor=self.floor)
 
-    def _read(self, pred, target, weight):
-        """Features, weights and what their gradients need: errors and the two peak indices."""
+    _EPS = 1e-6
+    # The log errors are centred and scaled before tanh: real predictions read -14 to -2.
+    _LOG_CENTRE, _LOG_SCALE = -7.0, 4.0
+
+    def _read(self, pred, target, weight, peak_pixels=False):
+        """Features, weights, and what the loss needs (errors and their sums); with
+        ``peak_pixels``, also where the two peaks are, which the features' gradients need."""
         check_float("pred", pred)
         check_ndim("pred", pred, (4,), "4-D (N, K, H, W) heatmaps")
         check_tensor("target", target)
@@ -202,45 +379,91 @@ class PoseSurrogate(Surrogate):
                              f"got {tuple(target.shape)}")
         weight = _unit_weights(weight, pred, "(N, K)", "keypoint weights")
         pred, target = pred.flatten(-2), target.to(pred.dtype).flatten(-2)
+        pixels = pred.shape[-1]
+        peak = target.amax(-1, keepdim=True)
+        threshold = self.region * peak.clamp_min(1e-6)
+        # 1 on the peak region, 0 elsewhere (arithmetic masks: faster than torch.where on CPU).
+        near = (target - threshold).sign_().clamp_(min=0)
         error = pred - target
-        mse = error.square().mean(-1)
-        near = target >= self.region * target.amax(-1, keepdim=True).clamp_min(1e-6)
-        lowest = torch.finfo(pred.dtype).min
-        inside, inside_at = pred.masked_fill(~near, lowest).max(-1)
-        outside, outside_at = pred.masked_fill(near, lowest).max(-1)
+        error_in = error * near
+        mse = torch.linalg.vector_norm(error, dim=-1).square() / pixels
+        mse_in = torch.linalg.vector_norm(error_in, dim=-1).square() / pixels
+        mse_out = (mse - mse_in).clamp_min(0)
+        lowest = -torch.finfo(pred.dtype).max
+        inside = torch.addcmul(pred, 1 - near, torch.tensor(lowest, dtype=pred.dtype))
+        outside = torch.addcmul(pred, near, torch.tensor(lowest, dtype=pred.dtype))
+        if peak_pixels:
+            (inside, inside_at), (outside, outside_at) = inside.max(-1), outside.max(-1)
+        else:
+            inside, outside = inside.amax(-1), outside.amax(-1)
         # A heatmap without a peak region (or without anything outside it) reads 0 there.
-        has_inside, has_outside = near.any(-1), (~near).any(-1)
+        has_inside = (peak > threshold).squeeze(-1)
+        has_outside = (target.amin(-1, keepdim=True) <= threshold).squeeze(-1)
         inside = torch.where(has_inside, inside, torch.zeros_like(inside))
         outside = torch.where(has_outside, outside, torch.zeros_like(outside))
-        features = torch.stack((torch.log(mse + self._EPS), inside, outside), -1)
-        peaks = (inside_at, outside_at, has_inside, has_outside)
-        return features, weight.to(features.dtype), error, mse, peaks
-
-    _EPS = 1e-6
+        features = torch.stack((torch.log(mse_in + self._EPS), torch.log(mse_out + self._EPS),
+                                inside, outside), -1)
+        extra = dict(error=error, error_in=error_in, mse_in=mse_in, mse_out=mse_out,
+                     has_inside=has_inside, has_outside=has_outside)
+        if peak_pixels:
+            extra.update(inside_at=inside_at, outside_at=outside_at)
+        return features, weight.to(features.dtype), extra
 
     def features(self, pred, target, weight=None):
         return self._read(pred, target, weight)[:2]
 
+    def region_weights(self, features):
+        """The weights in (0, 1) of each keypoint's peak-region and background squared error,
+        (N, K, 2), from features (N, K, 4); no gradient flows into the features."""
+        features = features.detach()
+        logs = (features[..., :2] - self._LOG_CENTRE) / self._LOG_SCALE
+        squashed = torch.cat((logs, features[..., 2:]), -1).tanh()
+        return self.floor + (1 - self.floor) * torch.sigmoid(self.net(squashed))
+
+    def head(self, features, weights):
+        errors = features[..., :2].exp() - self._EPS
+        return weighted_unit_mean((self.region_weights(features) * errors).sum(-1), weights)
+
+    def forward(self, pred, target, weight=None, reduction="mean"):
+        check_choice("reduction", reduction, REDUCTIONS)
+        with torch.no_grad():
+            features, weights, extra = self._read(pred.detach(), target, weight)
+            total = weights.sum(-1, keepdim=True)
+            share = weights / total.clamp_min(torch.finfo(weights.dtype).tiny)
+            coefficients = self.region_weights(features) * share.unsqueeze(-1)
+        values = _RegionWeightedMSE.apply(pred, extra["error"], extra["error_in"], extra["mse_in"],
+                                          extra["mse_out"], coefficients[..., 0],
+                                          coefficients[..., 1])
+        if reduction == "none":
+            return values
+        if reduction == "sum":
+            return values.sum()
+        return values.sum() / (total > 0).sum().clamp_min(1).to(values.dtype)
+
     def feature_gram(self, pred, target, weight=None):
         """Features, weights and the Gram matrices of the features' gradients, in closed form.
 
-        d log(mse + eps) / d pred = 2 e / (D (mse + eps)) with e = pred - target over the D = H W
-        pixels; each peak value's gradient is the one-hot of its pixel; the two peaks never share
-        a pixel.
+        d log(mse_in + eps) / d pred = 2 e near / (D (mse_in + eps)) over the D = H W pixels, and
+        likewise for the rest with 1 - near; each peak value's gradient is the one-hot of its
+        pixel, which lies in its own region. (Only the two error features' gradients reach the
+        loss: see the class docstring.)
         """
         with torch.no_grad():
-            features, weights, error, mse, peaks = self._read(pred, target, weight)
-            inside_at, outside_at, has_inside, has_outside = peaks
+            features, weights, extra = self._read(pred, target, weight, peak_pixels=True)
+            error = extra["error"]
             pixels = error.shape[-1]
-            scale = 2 / (pixels * (mse + self._EPS))
-            gram = features.new_zeros(*features.shape, 3)
-            gram[..., 0, 0] = scale.square() * error.square().sum(-1)
-            cross_in = scale * error.gather(-1, inside_at.unsqueeze(-1)).squeeze(-1) * has_inside
-            cross_out = scale * error.gather(-1, outside_at.unsqueeze(-1)).squeeze(-1) * has_outside
-            gram[..., 0, 1] = gram[..., 1, 0] = cross_in
-            gram[..., 0, 2] = gram[..., 2, 0] = cross_out
-            gram[..., 1, 1] = has_inside.to(gram.dtype)
-            gram[..., 2, 2] = has_outside.to(gram.dtype)
+            scale_in = 2 / (pixels * (extra["mse_in"] + self._EPS))
+            scale_out = 2 / (pixels * (extra["mse_out"] + self._EPS))
+            gram = features.new_zeros(*features.shape, 4)
+            gram[..., 0, 0] = scale_in.square() * extra["mse_in"] * pixels
+            gram[..., 1, 1] = scale_out.square() * extra["mse_out"] * pixels
+            has_inside, has_outside = extra["has_inside"], extra["has_outside"]
+            at_inside = error.gather(-1, extra["inside_at"].unsqueeze(-1)).squeeze(-1)
+            at_outside = error.gather(-1, extra["outside_at"].unsqueeze(-1)).squeeze(-1)
+            gram[..., 0, 2] = gram[..., 2, 0] = scale_in * at_inside * has_inside
+            gram[..., 1, 3] = gram[..., 3, 1] = scale_out * at_outside * has_outside
+            gram[..., 2, 2] = has_inside.to(gram.dtype)
+            gram[..., 3, 3] = has_outside.to(gram.dtype)
         return features, weights, gram
 
 
@@ -252,6 +475,39 @@ def _sinusoid(positions, dim):
     return torch.cat((angles.sin(), angles.cos()), -1)
 
 
+class _TokenScores(torch.autograd.Function):
+    """Per position, from logits (N, T, V) and token ids (N, T, 3) (target, previous and next
+    target token): log p(target), log p(target) - max over other tokens of log p, log p(previous),
+    log p(next), as (N, T, 4).
+
+    Three passes over the vocabulary forward (log-sum-exp, top two) and one backward (the softmax,
+    written in place of the gradient), instead of autograd's passes through log_softmax, scatter
+    and max.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, tokens):
+        normalizer = torch.logsumexp(logits, -1, keepdim=True)
+        picked = logits.gather(-1, tokens)
+        top2, top2_index = logits.topk(2, dim=-1)
+        is_top = top2_index[..., :1] == tokens[..., :1]
+        best_other = torch.where(is_top, top2[..., 1:], top2[..., :1])
+        best_other_index = torch.where(is_top, top2_index[..., 1:], top2_index[..., :1])
+        log_p = picked - normalizer
+        ctx.save_for_backward(logits, normalizer, tokens, best_other_index)
+        return torch.cat((log_p[..., :1], picked[..., :1] - best_other, log_p[..., 1:]), -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, normalizer, tokens, best_other_index = ctx.saved_tensors
+        own, margin, previous, following = grad.unbind(-1)
+        # d log p(k) / d z = onehot(k) - softmax; d margin / d z = onehot(target) - onehot(best).
+        out = torch.sub(logits, normalizer).exp_().mul_(-(own + previous + following).unsqueeze(-1))
+        out.scatter_add_(-1, tokens, torch.stack((own + margin, previous, following), -1))
+        out.scatter_add_(-1, best_other_index, -margin.unsqueeze(-1))
+        return out, None
+
+
 class SequenceSurrogate(Surrogate):
     """A learned loss for non-autoregressive translation, independent of vocabulary and model width.
 
@@ -261,11 +517,22 @@ class SequenceSurrogate(Surrogate):
     A small transformer encoder over the positions (sinusoidal positions, padding masked) gives a
     value per position; a sentence's value is their mean over non-padding positions.
 
+    With ``reweight`` (the default) a position's value is ``c_t * (-log p(target))`` with
+    ``c_t = 1 + spread * g_t * (1 - p(target))``: the transformer gives the gate ``g_t`` in (0, 1),
+    computed without gradient. The gradient at each position's logits is then token
+    cross-entropy's times ``c_t`` >= 1: it points as cross-entropy's does, the target tokens are
+    the minimum (nothing to game), and the learned part can only add weight to positions that are
+    not yet right (a weight that favours tokens already learned ranks as well but trains worse).
+    Pretraining learns the gates by ranking. Without ``reweight`` the transformer's output is the
+    value itself (free form, the earlier design).
+
     Args:
         dim (int): transformer width.
         layers (int): transformer encoder layers.
         heads (int): attention heads.
         floor (float): log-probabilities are read no lower than this.
+        reweight (bool): the value is the token cross-entropy with learned extra weights.
+        spread (float): with ``reweight``, the largest extra weight.
 
     Note:
         N sentences, T target positions, V vocabulary entries; any T and V.
@@ -273,9 +540,10 @@ class SequenceSurrogate(Surrogate):
 
     task, num_features = "nat", 4
 
-    def __init__(self, dim=32, layers=2, heads=4, floor=-20.0):
+    def __init__(self, dim=32, layers=2, heads=4, floor=-20.0, reweight=True, spread=0.5):
         super().__init__()
         self.dim, self.layers, self.heads, self.floor = dim, layers, heads, floor
+        self.reweight, self.spread = reweight, spread
         self.embed = _mlp([self.num_features, dim, dim])
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,
                                            batch_first=True, norm_first=True)
@@ -283,7 +551,8 @@ class SequenceSurrogate(Surrogate):
         self.out = _mlp([dim, dim, 1])
 
     def config(self):
-        return dict(dim=self.dim, layers=self.layers, heads=self.heads, floor=self.floor)
+        return dict(dim=self.dim, layers=self.layers, heads=self.heads, floor=self.floor,
+                    reweight=self.reweight, spread=self.spread)
 
     def features(self, pred, target, weight=None):
         """pred: (N, T, V) logits; target: (N, T) token ids; weight: (N, T), 0 at padding."""
@@ -294,35 +563,55 @@ class SequenceSurrogate(Surrogate):
             raise ValueError(f"'target' should be (N, T) = {tuple(pred.shape[:2])} token ids but "
                              f"got {target.dtype} {tuple(target.shape)}")
         weight = _unit_weights(weight, pred, "(N, T)", "position weights (0 at padding)")
-        log_p = upcast_half(pred).log_softmax(-1)
         target = target.long()
         previous = torch.cat((target[:, :1], target[:, :-1]), 1)
         following = torch.cat((target[:, 1:], target[:, -1:]), 1)
-        gathered = log_p.gather(-1, torch.stack((target, previous, following), -1))
-        own = gathered[..., 0]
-        best_other = log_p.scatter(-1, target.unsqueeze(-1), float("-inf")).amax(-1)
+        scores = _TokenScores.apply(upcast_half(pred), torch.stack((target, previous, following),
+                                                                   -1))
+        own, margin, previous_lp, following_lp = scores.unbind(-1)
         # Where there is no neighbour (sentence ends, padding), read the floor.
         floor = torch.full_like(own, self.floor)
         present = weight > 0
         none = torch.zeros_like(present[:, :1])
-        has_previous = torch.cat((none, present[:, :-1]), 1)
-        has_following = torch.cat((present[:, 1:], none), 1)
-        previous_lp = torch.where(has_previous, torch.cat((floor[:, :1], gathered[:, 1:, 1]), 1),
-                                  floor)
-        following_lp = torch.where(has_following,
-                                   torch.cat((gathered[:, :-1, 2], floor[:, -1:]), 1), floor)
-        features = torch.stack((own, own - best_other, previous_lp, following_lp), -1)
+        previous_lp = torch.where(torch.cat((none, present[:, :-1]), 1), previous_lp, floor)
+        following_lp = torch.where(torch.cat((present[:, 1:], none), 1), following_lp, floor)
+        features = torch.stack((own, margin, previous_lp, following_lp), -1)
         features = torch.maximum(features, torch.full_like(features, self.floor))
         return features, weight.to(features.dtype)
 
-    def head(self, features, weights):
+    def position_values(self, features, weights):
+        """The transformer's output per position, (N, T), from features (N, T, F)."""
         positions = torch.arange(features.shape[1], device=features.device)
         hidden = self.embed(features) + _sinusoid(positions, self.dim).to(features.dtype)
         # A sentence with no position at all keeps them unmasked (its value is 0 either way).
         padding = (weights <= 0) & (weights > 0).any(-1, keepdim=True)
         hidden = self.encoder(hidden, src_key_padding_mask=padding)
-        return weighted_unit_mean(self.out(hidden).squeeze(-1), weights)
+        return self.out(hidden).squeeze(-1)
 
+    def head(self, features, weights):
+        if not self.reweight:
+            return weighted_unit_mean(self.position_values(features, weights), weights)
+        detached = features.detach()
+        gate = torch.sigmoid(self.position_values(detached, weights))
+        scale = 1 + self.spread * gate * -torch.expm1(detached[..., 0])
+        return weighted_unit_mean(scale * -features[..., 0], weights)
+
+    def forward(self, pred, target, weight=None, reduction="mean"):
+        """As :meth:`Surrogate.forward`, except that 'mean' weighs each sentence by its number of
+        (weighted) target positions: a mean over tokens, as fairseq's criteria and token
+        cross-entropy normalise."""
+        if reduction != "mean":
+            return super().forward(pred, target, weight, reduction)
+        features, weights = self.features(pred, target, weight)
+        tokens = weights.sum(-1)
+        return (self.head(features, weights) * tokens).sum() / tokens.sum().clamp_min(
+            torch.finfo(tokens.dtype).tiny)
+
+
+#: Weight of the original loss (cross-entropy, heatmap MSE, token cross-entropy) that the toolkit
+#: adapters add to the surrogate by default; 0 trains on the surrogate alone. Chosen with
+#: ``tools/benchmark_training.py`` (README, "Training with a surrogate").
+DEFAULT_ORIGINAL_WEIGHT = {"cls": 0.0, "pose": 0.0, "nat": 0.0}
 
 SURROGATES = {
     "cls": ClassificationSurrogate,

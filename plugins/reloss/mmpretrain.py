@@ -1,0 +1,163 @@
+"""ReLoss for mmpretrain: the ``ReLossCls`` loss and the CIFAR ResNets of the paper.
+
+In a config::
+
+    custom_imports = dict(imports=['reloss.mmpretrain'], allow_failed_imports=False)
+    model = dict(head=dict(loss=dict(type='ReLossCls')))
+
+Importing this module registers both in mmpretrain's ``MODELS``.
+"""
+import torch
+from mmpretrain.models.backbones.resnet import BasicBlock
+from mmpretrain.models.backbones.resnet_cifar import ResNet_CIFAR
+from mmpretrain.registry import MODELS
+from torch import nn
+
+from ._mmengine import allow_mmengine_checkpoints
+from ._validate import DeferredCheck, check_choice, check_float, check_ndim, check_tensor
+from .checkpoint import load_surrogate
+from .surrogates import DEFAULT_ORIGINAL_WEIGHT
+
+allow_mmengine_checkpoints()
+
+
+def _non_negative(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"'{name}' should be a number >= 0 but got {value!r}")
+    return float(value)
+
+
+@MODELS.register_module()
+class ReLossCls(nn.Module):
+    """The learned classification loss, with the call of mmpretrain's ``CrossEntropyLoss``.
+
+    ``loss_weight * (surrogate + ce_weight * cross-entropy)``, per sample, then reduced as
+    mmpretrain reduces: multiplied by ``weight``, summed and divided by ``avg_factor`` (the head
+    passes the batch size) or averaged. The surrogate is frozen and lives outside the module's
+    parameters and state dict: no optimizer, weight decay or DDP gradient hook ever sees it, and a
+    checkpoint of the model neither holds nor overrides it (it is rebuilt, sha256-checked, from
+    ``checkpoint`` on every rank and at every resume).
+
+    Args:
+        checkpoint (str): a shipped surrogate name ('cls') or a path to one.
+        loss_weight (float): multiplies the whole loss.
+        ce_weight (float | None): weight of cross-entropy added to the surrogate; None takes the
+            default that ``tools/benchmark_training.py`` chose (0: the surrogate alone).
+        label_smooth_val (float): smooth hard labels to ``(1 - e) onehot + e / C`` first.
+        reduction (str): 'mean', 'sum' or 'none'.
+
+    Note:
+        N samples, C classes. ``cls_score`` (N, C) logits; ``label`` (N,) class indices or (N, C)
+        scores whose rows sum to 1 (what Mixup/CutMix put in ``gt_score``).
+    """
+
+    def __init__(self, checkpoint="cls", loss_weight=1.0, ce_weight=None, label_smooth_val=0.0,
+                 reduction="mean"):
+        super().__init__()
+        check_choice("reduction", reduction, ("mean", "sum", "none"))
+        self.loss_weight = _non_negative("loss_weight", loss_weight)
+        self.ce_weight = _non_negative("ce_weight", DEFAULT_ORIGINAL_WEIGHT["cls"]
+                                       if ce_weight is None else ce_weight)
+        self.label_smooth_val = _non_negative("label_smooth_val", label_smooth_val)
+        if self.label_smooth_val >= 1:
+            raise ValueError(f"'label_smooth_val' should be in [0, 1) but got {label_smooth_val!r}")
+        self.reduction = reduction
+        surrogate = load_surrogate(checkpoint)
+        if surrogate.task != "cls":
+            raise ValueError(f"'checkpoint' should be a classification ('cls') surrogate but "
+                             f"{checkpoint!r} is a '{surrogate.task}' one")
+        self.checkpoint = checkpoint
+        # Not a submodule: kept out of parameters(), state_dict() and DDP; moved on first use.
+        self.__dict__["surrogate"] = surrogate
+        self._check = DeferredCheck()
+
+    def _surrogate_on(self, device):
+        if next(self.surrogate.parameters()).device != device:
+            self.surrogate.to(device)
+        return self.surrogate
+
+    def _labels(self, cls_score, label):
+        check_float("cls_score", cls_score)
+        check_ndim("cls_score", cls_score, (2,), "2-D (N, C) logits")
+        check_tensor("label", label)
+        count, classes = cls_score.shape
+        self._check(~torch.isfinite(cls_score).all(),
+                    "'cls_score' should hold only finite values but holds NaN or Inf")
+        if label.dim() == 1 and not label.is_floating_point():
+            if label.shape[0] != count:
+                raise ValueError(f"'label' should be (N,) = ({count},) class indices or (N, C) = "
+                                 f"{tuple(cls_score.shape)} scores but got shape "
+                                 f"{tuple(label.shape)}")
+            self._check((label < 0) | (label >= classes),
+                        f"'label' should hold class indices in [0, {classes}) for {classes} "
+                        f"classes but holds values outside it")
+            label = label.clamp(0, classes - 1)  # harmless until the check reports
+            if self.label_smooth_val > 0:
+                smooth = torch.full_like(cls_score, self.label_smooth_val / classes,
+                                         dtype=torch.float32)
+                label = smooth.scatter_add(1, label.long().unsqueeze(1),
+                                           smooth.new_full((count, 1),
+                                                           1 - self.label_smooth_val))
+            return label
+        if label.shape != cls_score.shape or not label.is_floating_point():
+            raise ValueError(f"'label' should be (N,) = ({count},) class indices or (N, C) = "
+                             f"{tuple(cls_score.shape)} float scores but got {label.dtype} "
+                             f"{tuple(label.shape)}")
+        rows = label.float().sum(-1)
+        self._check(((rows - 1).abs() > 1e-3) | (label < 0).any(-1),
+                    "'label' scores should be >= 0 with rows that sum to 1 (as Mixup/CutMix "
+                    "make them)")
+        if self.label_smooth_val > 0:
+            label = label * (1 - self.label_smooth_val) + self.label_smooth_val / classes
+        return label.float()
+
+    def forward(self, cls_score, label, weight=None, avg_factor=None, reduction_override=None,
+                **kwargs):
+        reduction = reduction_override or self.reduction
+        check_choice("reduction_override", reduction, ("mean", "sum", "none"))
+        label = self._labels(cls_score, label)
+        logits = cls_score.float()
+        loss = self._surrogate_on(logits.device)(logits, label, reduction="none")
+        if self.ce_weight:
+            if label.dim() == 1:
+                ce = nn.functional.cross_entropy(logits, label.long(), reduction="none")
+            else:
+                ce = -(label * logits.log_softmax(-1)).sum(-1)
+            loss = loss + self.ce_weight * ce
+        if weight is not None:
+            loss = loss * weight.float().reshape(-1)
+        if reduction == "none":
+            pass
+        elif avg_factor is not None:
+            if reduction == "sum":
+                raise ValueError("'avg_factor' can not be used with reduction 'sum'")
+            loss = loss.sum() / avg_factor
+        else:
+            loss = loss.sum() if reduction == "sum" else loss.mean()
+        return self.loss_weight * loss
+
+
+@MODELS.register_module()
+class ResNetCIFARPaper(ResNet_CIFAR):
+    """The CIFAR ResNets of He et al. (2016) used by the ReLoss paper: ResNet-20/32/44/56/110.
+
+    Three stages of BasicBlocks with 16, 32 and 64 channels (6n + 2 layers; n = 9 for ResNet-56,
+    18 for ResNet-110), a 3x3 stem and no max-pooling. Shortcuts that change shape are 1x1
+    convolutions (He et al.'s option B), as in mmpretrain's other ResNets. mmpretrain's
+    ``ResNet_CIFAR`` accepts depths 18-152 of the ImageNet family only.
+
+    Args:
+        depth (int): 20, 32, 44, 56 or 110.
+        **kwargs: other arguments of mmpretrain's ``ResNet``.
+    """
+
+    arch_settings = {depth: (BasicBlock, ((depth - 2) // 6,) * 3)
+                     for depth in (20, 32, 44, 56, 110)}
+
+    def __init__(self, depth, **kwargs):
+        if depth not in self.arch_settings:
+            raise KeyError(f"'depth' should be one of {sorted(self.arch_settings)} but got "
+                           f"{depth!r}")
+        defaults = dict(stem_channels=16, base_channels=16, num_stages=3, strides=(1, 2, 2),
+                        dilations=(1, 1, 1), out_indices=(2,))
+        super().__init__(depth, **{**defaults, **kwargs})

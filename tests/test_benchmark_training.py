@@ -1,0 +1,94 @@
+"""tools/benchmark_training.py: every task's quick benchmark trains every arm, and bad arguments
+are refused before any training starts."""
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+import reloss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import benchmark_training  # noqa: E402
+
+
+@pytest.mark.parametrize("task", ["cls", "pose", "nat"])
+def test_quick_benchmark_trains_every_arm(task, tmp_path, capsys):
+    out = tmp_path / task
+    record = benchmark_training.main(["--task", task, "--quick", "--seeds", "2",
+                                      "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| data | arm |" in printed and str(out) in printed
+    assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "curves.png"}
+    assert json.loads((out / "results.json").read_text())["task"] == task
+    chance = record["chance"]
+    for variant, arms in record["results"].items():
+        assert set(arms) == {"original", "surrogate", "mixed"}
+        reference = arms["original"]["summary"]["mean"]
+        for arm, result in arms.items():
+            for run in result["runs"]:
+                metrics = [value for _, value in run["curve"]]
+                assert all(math.isfinite(v) for v in metrics), (variant, arm, run)
+                assert [x for x, _ in run["curve"]][-1] == pytest.approx(1.0)
+                # Well above chance: at least half-way from chance to the original loss's mean.
+                assert run["final"] > chance + 0.5 * (reference - chance), (variant, arm, run)
+        share = arms["mixed"]["gradient_share"]
+        assert share is not None and 0 < share < 1
+    assert all(math.isfinite(ms) and ms > 0 for ms in record["loss_ms"].values())
+
+
+def test_seeds_of_an_arm_differ_and_repeat(tmp_path):
+    """A seed fixes initialisation and data order: the same seed twice gives the same run, another
+    seed a different one."""
+    task = benchmark_training.importlib.import_module("reference.cls")
+    first = task.run("clean", task.original_loss, 0, quick=True)
+    again = task.run("clean", task.original_loss, 0, quick=True)
+    other = task.run("clean", task.original_loss, 1, quick=True)
+    assert first["curve"] == again["curve"]
+    assert first["curve"] != other["curve"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "cls", "--checkpoint", "pose"], r"--checkpoint 'pose' is a 'pose' surrogate but "
+                                                r"--task is 'cls'"),
+    (["--task", "pose", "--checkpoint", "missing.pt"], r"--checkpoint 'missing.pt': 'missing.pt' "
+                                                       r"is neither a shipped surrogate"),
+    (["--task", "cls", "--seeds", "0"], r"--seeds should be a positive number of seeds but got 0"),
+    (["--task", "cls", "--original-weight", "-1"], r"--original-weight should be a finite number "
+                                                   r">= 0 but got -1.0"),
+    (["--task", "segmentation"], r"argument --task: invalid choice: 'segmentation'"),
+])
+def test_bad_arguments_are_refused_before_training(args, message, tmp_path, capsys, monkeypatch):
+    def no_training(*_, **__):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(benchmark_training.importlib, "import_module", no_training)
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_training.main(args + ["--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_existing_outputs_are_not_replaced_without_force(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        benchmark_training.main(["--task", "cls", "--quick", "--out", str(tmp_path)])
+    assert "pass --force" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def test_mixed_loss_records_the_surrogate_share():
+    surrogate = reloss.load_surrogate("cls")
+    task = benchmark_training.importlib.import_module("reference.cls")
+    mixed = benchmark_training.MixedLoss(task.original_loss, surrogate, 0.0)
+    logits = torch.randn(16, 10, requires_grad=True)
+    labels = torch.randint(10, (16,))
+    loss = mixed(logits, labels)
+    torch.testing.assert_close(loss, surrogate(logits, labels))
+    assert mixed.shares == [pytest.approx(1.0)]

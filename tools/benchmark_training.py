@@ -1,0 +1,264 @@
+"""Is a surrogate worth training with? Train small reference models from scratch with the original
+loss, with the surrogate alone and with the two mixed, on the same seeds, and compare.
+
+    python tools/benchmark_training.py --task cls
+    python tools/benchmark_training.py --task pose --checkpoint work_dirs/my_pose/surrogate.pt
+    python tools/benchmark_training.py --task nat --seeds 3 --quick
+
+Every arm trains the same model from the same initialisation on the same data order (one seed
+each); only the loss differs:
+
+- original: the loss the surrogate replaces (cross-entropy, heatmap MSE, token cross-entropy);
+- surrogate: the surrogate alone;
+- mixed: ``w * original + surrogate``, with w the weight the toolkit adapters use by default
+  (``reloss.surrogates.DEFAULT_ORIGINAL_WEIGHT``; ``--original-weight`` overrides it).
+
+The reference tasks (tools/reference/) need no download: 'cls' is a small CNN on scikit-learn's
+digits, with clean labels and with 40% of the training labels flipped; 'pose' a small heatmap
+model on generated keypoint images; 'nat' a small non-autoregressive transformer on a generated
+parallel corpus, decoded with predicted lengths. Prints the table (final metric, worst seed, the
+metric after the first 10% of training, collapsed seeds, the surrogate's share of the gradient in
+the mixed arm, the loss-alone forward + backward time against the original loss) and writes
+results.json, results.md and curves.png to --out.
+"""
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import torch
+
+import reloss
+from reloss.surrogates import DEFAULT_ORIGINAL_WEIGHT, SURROGATES
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+ARMS = ("original", "surrogate", "mixed")
+OUTPUTS = ("results.json", "results.md", "curves.png")
+SHARE_EVERY = 5  # measure the gradient share on every 5th step of the mixed arm
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 2)[2])
+    parser.add_argument("--task", required=True, choices=sorted(SURROGATES))
+    parser.add_argument("--checkpoint", help="shipped surrogate name or checkpoint path "
+                                             "(default: the shipped one for --task)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per arm (default 5)")
+    parser.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
+    parser.add_argument("--original-weight", type=float, metavar="W",
+                        help="weight of the original loss in the mixed arm (default: the "
+                             "adapters' default for --task, or 1 where that is 0)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--out", help="output folder (default work_dirs/benchmark_training/TASK)")
+    parser.add_argument("--force", action="store_true", help="replace outputs already in --out")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: small models run fastest that way)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds should be a positive number of seeds but got {args.seeds}")
+    if args.threads < 1:
+        parser.error(f"--threads should be at least 1 but got {args.threads}")
+    if args.original_weight is not None and not (math.isfinite(args.original_weight)
+                                                 and args.original_weight >= 0):
+        parser.error(f"--original-weight should be a finite number >= 0 but got "
+                     f"{args.original_weight}")
+    args.out = args.out or os.path.join("work_dirs", "benchmark_training", args.task)
+    present = [name for name in OUTPUTS if os.path.exists(os.path.join(args.out, name))]
+    if present and not args.force:
+        parser.error(f"--out {args.out} already holds {', '.join(present)}; pass --force to "
+                     f"replace them")
+    checkpoint = args.checkpoint or args.task
+    try:
+        surrogate = reloss.load_surrogate(checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(f"--checkpoint {checkpoint!r}: {error}")
+    if surrogate.task != args.task:
+        parser.error(f"--checkpoint {checkpoint!r} is a '{surrogate.task}' surrogate but --task "
+                     f"is '{args.task}'")
+    default_weight = DEFAULT_ORIGINAL_WEIGHT[args.task]
+    if args.original_weight is None:
+        args.original_weight = default_weight or 1.0
+    args.default_arm = "mixed" if default_weight > 0 else "surrogate"
+    return args, surrogate
+
+
+class MixedLoss:
+    """``weight * original + surrogate``; every few calls it records the surrogate's share of the
+    gradient norm at the predictions, ||g_s|| / (||g_s|| + ||weight * g_o||)."""
+
+    def __init__(self, original, surrogate, weight):
+        self.original, self.surrogate, self.weight = original, surrogate, weight
+        self.calls, self.shares = 0, []
+
+    def __call__(self, pred, target, weight=None):
+        original = self.weight * self.original(pred, target, weight)
+        learned = self.surrogate(pred, target, weight)
+        self.calls += 1
+        if pred.requires_grad and self.calls % SHARE_EVERY == 1:
+            (g_o,) = torch.autograd.grad(original, pred, retain_graph=True)
+            (g_s,) = torch.autograd.grad(learned, pred, retain_graph=True)
+            norm_o, norm_s = float(g_o.norm()), float(g_s.norm())
+            if math.isfinite(norm_o + norm_s) and norm_o + norm_s > 0:
+                self.shares.append(norm_s / (norm_s + norm_o))
+        return original + learned
+
+
+def loss_functions(task, surrogate, original_weight):
+    def learned(pred, target, weight=None):
+        return surrogate(pred, target, weight)
+
+    return dict(original=task.original_loss, surrogate=learned,
+                mixed=MixedLoss(task.original_loss, surrogate, original_weight))
+
+
+def time_losses(task, functions, repeats=50):
+    """Median forward + backward ms of each loss alone, at the task's timing sizes."""
+    pred, target, weight = task.timing_inputs(torch.Generator().manual_seed(0))
+    out = {}
+    for name, fn in functions.items():
+        times = []
+        for i in range(repeats + 5):
+            leaf = pred.clone().requires_grad_()
+            start = time.perf_counter()
+            fn(leaf, target, weight).backward()
+            if i >= 5:
+                times.append(time.perf_counter() - start)
+        out[name] = 1000 * statistics.median(times)
+    return out
+
+
+def summarise(finals, firsts, chance, reference):
+    """Mean, std, worst seed, collapsed count. A seed collapsed when its final metric is not
+    finite or closer to chance than to the original loss's mean."""
+    finite = [f for f in finals if math.isfinite(f)]
+    threshold = chance + 0.5 * (reference - chance) if reference is not None else chance
+    collapsed = sum(1 for f in finals if not math.isfinite(f) or f <= threshold)
+    return dict(mean=statistics.fmean(finite) if finite else float("nan"),
+                std=statistics.stdev(finite) if len(finite) > 1 else 0.0,
+                worst=min(finals) if finite else float("nan"),
+                first_tenth=statistics.fmean(firsts) if firsts else float("nan"),
+                collapsed=collapsed, seeds=len(finals))
+
+
+def table(results, task_module, args, timings):
+    lines = [f"| data | arm | final {task_module.METRIC}: mean +- std | worst seed | "
+             f"after 10% of training | collapsed seeds | surrogate's share of the gradient | "
+             f"loss time / original's |", "|---|---|---|---|---|---|---|---|"]
+    for variant, arms in results.items():
+        for arm, record in arms.items():
+            s = record["summary"]
+            name = {"mixed": f"{args.original_weight:g} x original + surrogate"}.get(arm, arm)
+            if arm == args.default_arm:
+                name += " (default)"
+            share = record.get("gradient_share")
+            ratio = timings[arm] / timings["original"] if "original" in timings else None
+            lines.append(
+                f"| {variant} | {name} | {s['mean']:.3f} +- {s['std']:.3f} | {s['worst']:.3f} | "
+                f"{s['first_tenth']:.3f} | {s['collapsed']}/{s['seeds']} | "
+                f"{'-' if share is None else f'{share:.2f}'} | "
+                f"{'-' if ratio is None else f'{ratio:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path, results, task_module, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.8), squeeze=False)
+    for ax, (variant, arms) in zip(axes[0], results.items(), strict=True):
+        for arm, record in arms.items():
+            curves = torch.tensor([run["curve"] for run in record["runs"]], dtype=torch.float64)
+            x, y = curves[0, :, 0], curves[..., 1]
+            line, = ax.plot(x, y.mean(0), marker="o", markersize=3, label=arm)
+            ax.fill_between(x, y.min(0).values, y.max(0).values, color=line.get_color(),
+                            alpha=0.15)
+        ax.set_title(f"{variant}", fontsize=10)
+        ax.set_xlabel("fraction of training")
+        ax.set_ylabel(task_module.METRIC)
+        ax.legend(fontsize=8)
+    fig.suptitle(title + " (mean of seeds, band: min to max)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args, surrogate = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    task = importlib.import_module(f"reference.{args.task}")
+    functions = loss_functions(task, surrogate, args.original_weight)
+    started = time.time()
+    print(f"[reloss] benchmark_training --task {args.task}: surrogate "
+          f"{args.checkpoint or args.task} (sha256 {surrogate.sha256[:12]}...), arms "
+          f"{', '.join(args.arms)}, {args.seeds} seed(s), variants {', '.join(task.VARIANTS)}"
+          f"{' (quick)' if args.quick else ''}", flush=True)
+    results = {}
+    for variant in task.VARIANTS:
+        results[variant] = {}
+        for arm in args.arms:
+            fn = functions[arm]
+            runs, shares = [], []
+            for seed in range(args.seeds):
+                if isinstance(fn, MixedLoss):
+                    fn.shares = []
+                t0 = time.time()
+                run = task.run(variant, fn, seed, quick=args.quick)
+                run["seconds"] = round(time.time() - t0, 2)
+                runs.append(run)
+                if isinstance(fn, MixedLoss) and fn.shares:
+                    shares.append(statistics.fmean(fn.shares))
+                print(f"[reloss] {variant} / {arm} / seed {seed}: {run['final']:.3f} "
+                      f"({run['seconds']:.1f} s)", flush=True)
+            results[variant][arm] = dict(
+                runs=runs, gradient_share=statistics.fmean(shares) if shares else None)
+        originals = [r["final"] for r in results[variant].get("original", {}).get("runs", [])
+                     if math.isfinite(r["final"])]
+        reference = statistics.fmean(originals) if originals else None
+        for record in results[variant].values():
+            finals = [r["final"] for r in record["runs"]]
+            firsts = [c[1] for r in record["runs"] for c in r["curve"] if abs(c[0] - 0.1) < 1e-9]
+            record["summary"] = summarise(finals, firsts, task.CHANCE, reference)
+    timings = time_losses(task, {arm: functions[arm] for arm in ("original", *args.arms)})
+    seconds = time.time() - started
+
+    os.makedirs(args.out, exist_ok=True)
+    text = table(results, task, args, timings)
+    title = f"task '{args.task}', surrogate {args.checkpoint or args.task}"
+    plot(os.path.join(args.out, "curves.png"), results, task, title)
+    timing_line = ("loss alone, forward + backward, median ms: " + ", ".join(
+        f"{arm} {ms:.3f}" for arm, ms in timings.items()) + f" ({platform.machine()}, "
+        f"{torch.get_num_threads()} thread(s))")
+    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n" + timing_line + "\n")
+    record = dict(task=args.task, checkpoint=args.checkpoint or args.task,
+                  sha256=surrogate.sha256, metric=task.METRIC, chance=task.CHANCE,
+                  original_weight=args.original_weight, default_arm=args.default_arm,
+                  seeds=args.seeds, quick=args.quick, results=results, loss_ms=timings,
+                  seconds=round(seconds, 1),
+                  command="python tools/benchmark_training.py " + shlex.join(
+                      argv if argv is not None else sys.argv[1:]),
+                  machine=f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
+                  versions=dict(reloss=reloss.__version__, torch=torch.__version__))
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    print()
+    print(text)
+    print(timing_line)
+    print(f"[reloss] {seconds:.0f} s in all. Wrote results.json, results.md and curves.png to "
+          f"{args.out}/")
+    return record
+
+
+if __name__ == "__main__":
+    main()

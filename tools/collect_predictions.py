@@ -1,0 +1,81 @@
+"""Run a trained mmpretrain model over a dataset split and store its predictions for
+``tools/pretrain_surrogate.py --data`` (the stored-predictions schema of reloss/samplers.py).
+
+    python tools/collect_predictions.py CONFIG CHECKPOINT --out preds.pt [--split val|test|train]
+                                        [--group N] [--force]
+
+The paper learns its surrogate from a model's own predictions: train with cross-entropy, collect,
+pretrain, then train with the new surrogate (README, "Your own surrogate from your own model").
+``--group`` tags every prediction (e.g. with the epoch of CHECKPOINT) so that chunks never mix
+snapshots when several files are combined.
+"""
+import argparse
+import os
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner, load_checkpoint
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 2)[2])
+    parser.add_argument("config")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--out", required=True, help="file to write (.pt)")
+    parser.add_argument("--split", choices=["train", "val", "test"], default="val")
+    parser.add_argument("--group", type=int, help="tag every prediction with this group")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    for name in ("config", "checkpoint"):
+        if not os.path.isfile(getattr(args, name)):
+            parser.error(f"{name} {getattr(args, name)!r}: no such file")
+    if os.path.exists(args.out) and not args.force:
+        parser.error(f"--out {args.out} already exists; pass --force to replace it")
+    return parser, args
+
+
+@torch.no_grad()
+def collect(cfg, checkpoint, split, device):
+    """Logits (M, C) and labels (M,) of the model over the split's dataloader."""
+    from mmpretrain.registry import MODELS
+
+    init_default_scope(cfg.get("default_scope", "mmpretrain"))
+    model_cfg = dict(cfg.model)
+    if cfg.get("data_preprocessor") is not None:  # as the Runner does
+        model_cfg.setdefault("data_preprocessor", cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
+    load_checkpoint(model, checkpoint, map_location="cpu")
+    model.to(device).eval()
+    loader_cfg = cfg.get(f"{split}_dataloader")
+    if loader_cfg is None:
+        raise ValueError(f"the config has no '{split}_dataloader'")
+    loader_cfg = dict(loader_cfg, sampler=dict(type="DefaultSampler", shuffle=False))
+    logits, labels = [], []
+    for data in Runner.build_dataloader(loader_cfg):
+        data = model.data_preprocessor(data, False)
+        logits.append(model(data["inputs"], data["data_samples"], mode="tensor").float().cpu())
+        labels.append(torch.cat([s.gt_label for s in data["data_samples"]]).cpu())
+    return torch.cat(logits), torch.cat(labels).long()
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    logits, labels = collect(cfg, args.checkpoint, args.split, args.device)
+    data = dict(task="cls", logits=logits, labels=labels)
+    if args.group is not None:
+        data["group"] = torch.full_like(labels, args.group)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    torch.save(data, args.out)
+    accuracy = float((logits.argmax(-1) == labels).float().mean())
+    print(f"wrote {labels.numel()} predictions of {logits.shape[1]} classes (accuracy "
+          f"{100 * accuracy:.2f}%) to {args.out}")
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Evaluate a trained checkpoint with the test set and metrics of an OpenMMLab config.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options KEY=VALUE ...]
+                         [--launcher none|pytorch|slurm]
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import DictAction
+from mmengine.runner import Runner
+from train import load_config, prepare_cpu_distributed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="config file")
+    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("--work-dir", help="where logs and results go")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    if not osp.isfile(args.checkpoint):
+        parser.error(f"checkpoint {args.checkpoint!r}: no such file")
+    cfg = load_config(parser, args)
+    cfg.load_from = args.checkpoint
+    prepare_cpu_distributed(cfg)
+    runner = Runner.from_cfg(cfg)
+    return runner.test()
+
+
+if __name__ == "__main__":
+    main()
