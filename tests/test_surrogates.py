@@ -432,3 +432,20 @@ def test_classification_has_nothing_to_game():
     raised = logits.detach().clone()
     raised.scatter_add_(-1, labels[:, None], torch.full((256, 1), 2.0))
     assert bool((surrogate(raised, labels, reduction="none") <= values.detach() + 1e-6).all())
+
+
+def test_classification_soft_labels_over_every_class_equal_the_nonzero_ones():
+    """On a GPU soft labels are evaluated over every class (counting the non-zero ones would
+    wait for the device); zero labels must contribute nothing."""
+    from reloss.surrogates import _FrozenClassificationLoss
+
+    surrogate = fresh(ClassificationSurrogate).double().requires_grad_(False)
+    logits, labels, _ = classification_batch()
+    logits = (3 * logits).double().requires_grad_()
+    soft = one_hot(labels, 10).double() * 0.6 + one_hot((labels + 1) % 10, 10).double() * 0.4
+    index = torch.arange(10).expand(12, 10)
+    every = _FrozenClassificationLoss.apply(logits, index, soft, surrogate._frozen_table(logits))
+    nonzero = surrogate(logits, soft, reduction="none")
+    torch.testing.assert_close(every, nonzero)
+    grads = [torch.autograd.grad(v.sum(), logits)[0] for v in (every, nonzero)]
+    torch.testing.assert_close(grads[0], grads[1])
