@@ -133,7 +133,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(
         "work_dirs", "demo", time.strftime("%Y%m%d_%H%M%S")), help="output folder (new)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=15)
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.epochs < 1:
         parser.error(f"--seeds and --epochs should be positive but got {args.seeds} and "
