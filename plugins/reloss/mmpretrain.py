@@ -13,22 +13,15 @@ from mmpretrain.models.backbones.resnet_cifar import ResNet_CIFAR
 from mmpretrain.registry import MODELS
 from torch import nn
 
+from ._adapter import FrozenSurrogateLoss, non_negative
 from ._mmengine import allow_mmengine_checkpoints
-from ._validate import DeferredCheck, check_choice, check_float, check_ndim, check_tensor
-from .checkpoint import load_surrogate
-from .surrogates import DEFAULT_ORIGINAL_WEIGHT
+from ._validate import check_choice, check_float, check_ndim, check_tensor
 
 allow_mmengine_checkpoints()
 
 
-def _non_negative(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"'{name}' should be a number >= 0 but got {value!r}")
-    return float(value)
-
-
 @MODELS.register_module()
-class ReLossCls(nn.Module):
+class ReLossCls(FrozenSurrogateLoss):
     """The learned classification loss, with the call of mmpretrain's ``CrossEntropyLoss``.
 
     ``loss_weight * (surrogate + ce_weight * cross-entropy)``, per sample, then reduced as
@@ -53,42 +46,26 @@ class ReLossCls(nn.Module):
 
     def __init__(self, checkpoint="cls", loss_weight=1.0, ce_weight=None, label_smooth_val=0.0,
                  reduction="mean"):
-        super().__init__()
         check_choice("reduction", reduction, ("mean", "sum", "none"))
-        self.loss_weight = _non_negative("loss_weight", loss_weight)
-        self.ce_weight = _non_negative("ce_weight", DEFAULT_ORIGINAL_WEIGHT["cls"]
-                                       if ce_weight is None else ce_weight)
-        self.label_smooth_val = _non_negative("label_smooth_val", label_smooth_val)
+        super().__init__(checkpoint, "cls", loss_weight, ce_weight, "ce_weight")
+        self.label_smooth_val = non_negative("label_smooth_val", label_smooth_val)
         if self.label_smooth_val >= 1:
             raise ValueError(f"'label_smooth_val' should be in [0, 1) but got {label_smooth_val!r}")
         self.reduction = reduction
-        surrogate = load_surrogate(checkpoint)
-        if surrogate.task != "cls":
-            raise ValueError(f"'checkpoint' should be a classification ('cls') surrogate but "
-                             f"{checkpoint!r} is a '{surrogate.task}' one")
-        self.checkpoint = checkpoint
-        # Not a submodule: kept out of parameters(), state_dict() and DDP; moved on first use.
-        self.__dict__["surrogate"] = surrogate
-        self._check = DeferredCheck()
-
-    def _surrogate_on(self, device):
-        if next(self.surrogate.parameters()).device != device:
-            self.surrogate.to(device)
-        return self.surrogate
 
     def _labels(self, cls_score, label):
         check_float("cls_score", cls_score)
         check_ndim("cls_score", cls_score, (2,), "2-D (N, C) logits")
         check_tensor("label", label)
         count, classes = cls_score.shape
-        self._check(~torch.isfinite(cls_score).all(),
+        self.check(~torch.isfinite(cls_score).all(),
                     "'cls_score' should hold only finite values but holds NaN or Inf")
         if label.dim() == 1 and not label.is_floating_point():
             if label.shape[0] != count:
                 raise ValueError(f"'label' should be (N,) = ({count},) class indices or (N, C) = "
                                  f"{tuple(cls_score.shape)} scores but got shape "
                                  f"{tuple(label.shape)}")
-            self._check((label < 0) | (label >= classes),
+            self.check((label < 0) | (label >= classes),
                         f"'label' should hold class indices in [0, {classes}) for {classes} "
                         f"classes but holds values outside it")
             label = label.clamp(0, classes - 1)  # harmless until the check reports
@@ -104,7 +81,7 @@ class ReLossCls(nn.Module):
                              f"{tuple(cls_score.shape)} float scores but got {label.dtype} "
                              f"{tuple(label.shape)}")
         rows = label.float().sum(-1)
-        self._check(((rows - 1).abs() > 1e-3) | (label < 0).any(-1),
+        self.check(((rows - 1).abs() > 1e-3) | (label < 0).any(-1),
                     "'label' scores should be >= 0 with rows that sum to 1 (as Mixup/CutMix "
                     "make them)")
         if self.label_smooth_val > 0:
@@ -117,13 +94,13 @@ class ReLossCls(nn.Module):
         check_choice("reduction_override", reduction, ("mean", "sum", "none"))
         label = self._labels(cls_score, label)
         logits = cls_score.float()
-        loss = self._surrogate_on(logits.device)(logits, label, reduction="none")
-        if self.ce_weight:
+        loss = self.surrogate_on(logits.device)(logits, label, reduction="none")
+        if self.original_weight:
             if label.dim() == 1:
                 ce = nn.functional.cross_entropy(logits, label.long(), reduction="none")
             else:
                 ce = -(label * logits.log_softmax(-1)).sum(-1)
-            loss = loss + self.ce_weight * ce
+            loss = loss + self.original_weight * ce
         if weight is not None:
             loss = loss * weight.float().reshape(-1)
         if reduction == "none":
