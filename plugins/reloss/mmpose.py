@@ -73,7 +73,8 @@ class ReLossPose(FrozenSurrogateLoss):
                                  f"{tuple(target_weights.shape)}")
         if mask is not None:
             check_tensor("mask", mask)
-            if mask.dim() != 4 or any(m not in (1, o) for m, o in zip(mask.shape, output.shape)):
+            if mask.dim() != 4 or any(m not in (1, o) for m, o in
+                                      zip(mask.shape, output.shape, strict=True)):
                 raise ValueError(f"'mask' should be (B, K, H, W) = {tuple(output.shape)} or "
                                  f"(B, 1, H, W) but got {tuple(mask.shape)}")
             pixels = mask.to(output.dtype) if pixels is None else pixels * mask

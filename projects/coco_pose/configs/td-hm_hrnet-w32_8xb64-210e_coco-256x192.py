@@ -1,4 +1,5 @@
-# HRNet-W32, 256x192 with heatmap MSE: mmpose's own config, unchanged but for the import that the ReLoss
-# variant needs too (so both runs of the pair load the same code).
-_base_ = 'mmpose::body_2d_keypoint/topdown_heatmap/coco/td-hm_hrnet-w32_8xb64-210e_coco-256x192.py'
+# HRNet-W32, 256x192, heatmap MSE: mmpose's own config, unchanged but
+# for the import that the ReLoss variant needs too (both runs of the pair load the same code).
+_base_ = ('mmpose::body_2d_keypoint/topdown_heatmap/coco/'
+          'td-hm_hrnet-w32_8xb64-210e_coco-256x192.py')
 custom_imports = dict(imports=['reloss.mmpose'], allow_failed_imports=False)

@@ -1,4 +1,5 @@
-# DARK HRNet-W48, 384x288 with heatmap MSE: mmpose's own config, unchanged but for the import that the ReLoss
-# variant needs too (so both runs of the pair load the same code).
-_base_ = 'mmpose::body_2d_keypoint/topdown_heatmap/coco/td-hm_hrnet-w48_dark-8xb32-210e_coco-384x288.py'
+# DARK HRNet-W48, 384x288, heatmap MSE: mmpose's own config, unchanged but
+# for the import that the ReLoss variant needs too (both runs of the pair load the same code).
+_base_ = ('mmpose::body_2d_keypoint/topdown_heatmap/coco/'
+          'td-hm_hrnet-w48_dark-8xb32-210e_coco-384x288.py')
 custom_imports = dict(imports=['reloss.mmpose'], allow_failed_imports=False)
