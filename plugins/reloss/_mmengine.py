@@ -31,5 +31,6 @@ def allow_mmengine_checkpoints():
     numpy_types = [numpy.ndarray, numpy.dtype, numpy._core.multiarray._reconstruct,
                    numpy._core.multiarray.scalar]
     numpy_types += [type(numpy.dtype(name)) for name in
-                    ("float64", "float32", "float16", "int64", "int32", "bool")]
+                    ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
+                     "uint64", "uint32", "uint16", "uint8", "bool")]
     torch.serialization.add_safe_globals([HistoryBuffer, *numpy_types])
