@@ -9,7 +9,8 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 # Installed from source or without their own dependencies (see README, "Environment").
 SPECIAL := mmpose|xtcocotools|fairseq-fixed|torchsort
 
-.PHONY: demo demo-surrogate benchmark benchmark-training benchmark-step test lint env clean-env
+.PHONY: demo demo-surrogate benchmark benchmark-training benchmark-step pose-proxy test lint env \
+	clean-env
 
 # The main job: train a ResNet-20 on scikit-learn's digits through mmengine's Runner with
 # cross-entropy and with ReLossCls, 3 seeds each, and compare (a few minutes).
@@ -31,9 +32,14 @@ benchmark-training: $(STAMP)
 	for task in cls pose nat; do \
 		$(BIN)/python tools/benchmark_training.py --task $$task --force || exit 1; done
 
-# Training-step time of ResNet-56 with ReLossCls against cross-entropy.
+# MSE against ReLossPose through mmpose's pipeline and CocoMetric on generated data (under 10 min).
+pose-proxy: $(STAMP)
+	$(BIN)/python tools/pose_proxy.py --out work_dirs/pose_proxy/$$(date +%Y%m%d_%H%M%S)
+
+# Training-step time with ReLoss against the original loss: ResNet-56 (cls), SimpleBaseline (pose).
 benchmark-step: $(STAMP)
-	$(BIN)/python tools/benchmark_step.py
+	$(BIN)/python tools/benchmark_step.py --task cls
+	$(BIN)/python tools/benchmark_step.py --task pose
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests

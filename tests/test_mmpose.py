@@ -15,6 +15,14 @@ from reloss.samplers import gaussian_heatmaps  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True)
+def mmpose_scope():
+    """Registries resolve in the default scope, which other tests' Runners may have changed."""
+    from mmengine.registry import init_default_scope
+
+    init_default_scope("mmpose")
+
+
 def heatmaps(batch=3, keypoints=17, size=(64, 48), seed=0):
     generator = torch.Generator().manual_seed(seed)
     extent = torch.tensor([size[1] - 1, size[0] - 1], dtype=torch.float32)
@@ -139,41 +147,6 @@ def test_project_configs_load_and_build(path):
 
 # The real mmpose pipeline, top-down heatmap model and CocoMetric, on generated COCO-format data.
 
-RUNNER_CONFIG = """
-_base_ = 'mmpose::body_2d_keypoint/topdown_heatmap/coco/td-hm_res50_8xb64-210e_coco-256x192.py'
-custom_imports = dict(imports=['reloss.mmpose'{extra_import}], allow_failed_imports=False)
-data_root = '{root}/'
-codec = dict(type='MSRAHeatmap', input_size=(96, 128), heatmap_size=(24, 32), sigma=2)
-model = dict(
-    backbone=dict(depth=18, init_cfg=None),
-    head=dict(in_channels=512, deconv_out_channels=(32, 32, 32), deconv_kernel_sizes=(4, 4, 4),
-              loss=dict(_delete_=True, type='ReLossPose', use_target_weight=True),
-              decoder=codec),
-    test_cfg=dict(flip_test=False))
-train_pipeline = [
-    dict(type='LoadImage'), dict(type='GetBBoxCenterScale'),
-    dict(type='RandomFlip', direction='horizontal'), dict(type='RandomHalfBody'),
-    dict(type='RandomBBoxTransform'), dict(type='TopdownAffine', input_size=codec['input_size']),
-    dict(type='GenerateTarget', encoder=codec), dict(type='PackPoseInputs')]
-val_pipeline = [
-    dict(type='LoadImage'), dict(type='GetBBoxCenterScale'),
-    dict(type='TopdownAffine', input_size=codec['input_size']), dict(type='PackPoseInputs')]
-train_dataloader = dict(batch_size=16, num_workers=0, persistent_workers=False, dataset=dict(
-    data_root=data_root, ann_file='annotations/person_keypoints_train.json',
-    data_prefix=dict(img='train/'), pipeline=train_pipeline))
-val_dataloader = dict(batch_size=16, num_workers=0, persistent_workers=False, dataset=dict(
-    data_root=data_root, ann_file='annotations/person_keypoints_val.json', bbox_file=None,
-    data_prefix=dict(img='val/'), pipeline=val_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/person_keypoints_val.json')
-test_evaluator = val_evaluator
-train_cfg = dict(max_epochs=1, val_interval=1)
-param_scheduler = [dict(type='LinearLR', begin=0, end=4, start_factor=0.1, by_epoch=False)]
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, save_best=None))
-{extra}
-"""
-
-
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
     import sys
@@ -184,8 +157,15 @@ def coco_root(tmp_path_factory):
     return generate_coco_keypoints.write(str(tmp_path_factory.mktemp("coco")), 48, 16)
 
 
-def runner_config(path, root, extra="", extra_import=""):
-    path.write_text(RUNNER_CONFIG.format(root=root, extra=extra, extra_import=extra_import))
+def runner_config(path, root, extra=""):
+    """The proxy experiment's config (mmpose's SimpleBaseline config with a small backbone and
+    the generated data), ReLossPose, one epoch."""
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import pose_proxy
+
+    path.write_text(pose_proxy.config_text(root, "ReLossPose", extra=extra))
     return str(path)
 
 
@@ -200,7 +180,7 @@ def test_runner_trains_validates_with_coco_metric_saves_and_resumes(coco_root, t
     runner = train.main([config, "--work-dir", work])
     assert type(runner.model.head.loss_module).__name__ == "ReLossPose"
     scalars = open(next((tmp_path / "run").glob("*/vis_data/scalars.json"))).read()
-    assert '"coco/AP"' in scalars and '"acc_pose"' in scalars and '"loss_kpt"' in scalars
+    assert '"coco/AP"' in scalars and '"PCK"' in scalars and '"loss_kpt"' in scalars
     torch.load(os.path.join(work, "epoch_1.pth"), weights_only=True)
     resumed = train.main([config, "--work-dir", work, "--resume",
                           "--cfg-options", "train_cfg.max_epochs=2"])
@@ -223,3 +203,15 @@ def test_two_process_ddp_on_cpu_trains(coco_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Distributed training: True" in result.stdout + result.stderr
     assert (tmp_path / "run" / "epoch_1.pth").exists()
+
+
+@pytest.mark.parametrize("task", ["cls", "pose"])
+def test_step_benchmark_runs(task, capsys):
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import benchmark_step
+
+    result = benchmark_step.main(["--task", task, "--steps", "1", "--warmup", "0",
+                                  "--batch", "2", "--device", "cpu"])
+    assert result["ratio"] > 0 and "ratio" in capsys.readouterr().out

@@ -21,6 +21,14 @@ import collect_predictions  # noqa: E402
 import train  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def mmpretrain_scope():
+    """Registries resolve in the default scope, which other tests' Runners may have changed."""
+    from mmengine.registry import init_default_scope
+
+    init_default_scope("mmpretrain")
+
+
 def write_images(root, per_split=(40, 20), size=32):
     """scikit-learn's digits as 32x32 RGB PNGs in class folders (CustomDataset's layout)."""
     from PIL import Image

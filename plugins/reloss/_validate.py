@@ -90,3 +90,13 @@ class DeferredCheck:
             if bool(host):
                 raise ValueError(f"{message} (seen on the GPU a step or so before this one: the "
                                  f"check does not wait for the device)")
+
+
+def check_heatmaps(pred_name, pred, target_name, target, dims):
+    """``pred``: 4-D float heatmaps (``dims`` names the axes); ``target``: a tensor of its shape."""
+    check_float(pred_name, pred)
+    check_ndim(pred_name, pred, (4,), f"4-D {dims} heatmaps")
+    check_tensor(target_name, target)
+    if target.shape != pred.shape:
+        raise ValueError(f"'{target_name}' should have the shape of '{pred_name}' "
+                         f"{tuple(pred.shape)} but got {tuple(target.shape)}")

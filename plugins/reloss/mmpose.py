@@ -13,7 +13,7 @@ from mmpose.registry import MODELS
 
 from ._adapter import FrozenSurrogateLoss
 from ._mmengine import allow_mmengine_checkpoints
-from ._validate import check_float, check_ndim, check_tensor
+from ._validate import check_heatmaps, check_tensor
 
 allow_mmengine_checkpoints()
 
@@ -50,12 +50,7 @@ class ReLossPose(FrozenSurrogateLoss):
 
     def _inputs(self, output, target, target_weights, mask):
         """(output, target, keypoint weights (B, K) or None, pixel mask or None), checked."""
-        check_float("output", output)
-        check_ndim("output", output, (4,), "4-D (B, K, H, W) heatmaps")
-        check_tensor("target", target)
-        if target.shape != output.shape:
-            raise ValueError(f"'target' should have the shape of 'output' {tuple(output.shape)} "
-                             f"but got {tuple(target.shape)}")
+        check_heatmaps("output", output, "target", target, "(B, K, H, W)")
         self.check(~torch.isfinite(output).all(),
                    "'output' should hold only finite values but holds NaN or Inf")
         pixels, keypoints = None, None

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validate import check_choice, check_float, check_ndim, check_tensor
+from ._validate import check_choice, check_float, check_heatmaps, check_ndim, check_tensor
 from .rank import upcast_half
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -379,12 +379,7 @@ class PoseSurrogate(Surrogate):
     def _read(self, pred, target, weight, peak_pixels=False):
         """Features, weights, and what the loss needs (errors and their sums); with
         ``peak_pixels``, also where the two peaks are, which the features' gradients need."""
-        check_float("pred", pred)
-        check_ndim("pred", pred, (4,), "4-D (N, K, H, W) heatmaps")
-        check_tensor("target", target)
-        if target.shape != pred.shape:
-            raise ValueError(f"'target' should have the shape of 'pred' {tuple(pred.shape)} but "
-                             f"got {tuple(target.shape)}")
+        check_heatmaps("pred", pred, "target", target, "(N, K, H, W)")
         weight = _unit_weights(weight, pred, "(N, K)", "keypoint weights")
         pred, target = pred.flatten(-2), target.to(pred.dtype).flatten(-2)
         pixels = pred.shape[-1]
