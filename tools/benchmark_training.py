@@ -169,19 +169,15 @@ def table(results, task_module, args, timings):
 
 
 def plot(path, results, task_module, title):
-    import matplotlib
+    from curves import plot_seeds, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.8), squeeze=False)
     for ax, (variant, arms) in zip(axes[0], results.items(), strict=True):
         for arm, record in arms.items():
-            curves = torch.tensor([run["curve"] for run in record["runs"]], dtype=torch.float64)
-            x, y = curves[0, :, 0], curves[..., 1]
-            line, = ax.plot(x, y.mean(0), marker="o", markersize=3, label=arm)
-            ax.fill_between(x, y.min(0).values, y.max(0).values, color=line.get_color(),
-                            alpha=0.15)
+            runs = record["runs"]
+            plot_seeds(ax, [x for x, _ in runs[0]["curve"]],
+                       [[value for _, value in run["curve"]] for run in runs], arm)
         ax.set_title(f"{variant}", fontsize=10)
         ax.set_xlabel("fraction of training")
         ax.set_ylabel(task_module.METRIC)

@@ -13,7 +13,6 @@ surrogate was learned to maximise. Prints the table and writes it, with the vali
 (curves.png), to DIR.
 """
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import collect_predictions  # noqa: E402
+import curves as curves_plot  # noqa: E402
 import train  # noqa: E402
 
 LOSSES = {"cross-entropy": "dict(type='CrossEntropyLoss')", "ReLossCls": "dict(type='ReLossCls')"}
@@ -71,14 +71,8 @@ def write_digits(root):
 
 def validation_curve(work_dir):
     """[(epoch, top-1 accuracy %)] from the Runner's scalar log."""
-    (log,) = glob.glob(os.path.join(work_dir, "*", "vis_data", "scalars.json"))
-    curve = []
-    with open(log, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if "accuracy/top1" in record:
-                curve.append((record["step"], record["accuracy/top1"]))
-    return curve
+    records = train.logged_scalars(work_dir, "accuracy/top1")
+    return [(record["step"], record["accuracy/top1"]) for record in records]
 
 
 def ranking(config, work_dir, epochs, surrogate):
@@ -105,17 +99,11 @@ def ranking(config, work_dir, epochs, surrogate):
 
 
 def plot(path, curves):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = curves_plot.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, runs in curves.items():
-        values = np.array([[acc for _, acc in run] for run in runs])
-        epochs = [epoch for epoch, _ in runs[0]]
-        line, = ax.plot(epochs, values.mean(0), marker="o", markersize=3, label=name)
-        ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
+        curves_plot.plot_seeds(ax, [epoch for epoch, _ in runs[0]],
+                               [[acc for _, acc in run] for run in runs], name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation top-1 accuracy (%)")
     ax.set_title("ResNet-20 on scikit-learn digits (mean of seeds, band: min to max)",

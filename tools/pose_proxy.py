@@ -12,7 +12,6 @@ and schedule shape), with a ResNet-18 of half width (last stage not strided), 64
 the box). Prints the table and writes it, with the validation curves (curves.png), to DIR.
 """
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -21,6 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import curves as curves_plot  # noqa: E402
 import generate_coco_keypoints  # noqa: E402
 import train  # noqa: E402
 
@@ -83,31 +83,16 @@ def std(values):
 
 def validation_curve(work_dir):
     """[(epoch, coco/AP, PCK)] from the Runner's scalar log."""
-    (log,) = glob.glob(os.path.join(work_dir, "*", "vis_data", "scalars.json"))
-    curve = []
-    with open(log, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if "coco/AP" in record:
-                curve.append((record["step"], record["coco/AP"], record["PCK"]))
-    return curve
+    return [(r["step"], r["coco/AP"], r["PCK"]) for r in train.logged_scalars(work_dir, "coco/AP")]
 
 
 def plot(path, curves):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt = curves_plot.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, column, label in zip(axes, (1, 2), ("COCO AP", "PCK@0.05"), strict=True):
         for name, runs in curves.items():
-            values = np.array([[point[column] for point in run] for run in runs])
-            epochs = [point[0] for point in runs[0]]
-            line, = ax.plot(epochs, values.mean(0), marker="o", markersize=3, label=name)
-            ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(),
-                            alpha=0.15)
+            curves_plot.plot_seeds(ax, [point[0] for point in runs[0]],
+                                   [[point[column] for point in run] for run in runs], name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.legend()

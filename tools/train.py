@@ -7,6 +7,8 @@ One GPU: ``python tools/train.py CONFIG``; several: ``tools/dist_train.sh CONFIG
 (torchrun); a slurm cluster: ``tools/slurm_train.sh PARTITION JOB CONFIG``.
 """
 import argparse
+import glob
+import json
 import os
 import os.path as osp
 
@@ -79,6 +81,13 @@ def prepare_cpu_distributed(cfg):
         find_unused_parameters=cfg.get("find_unused_parameters", False))
     wrapper.setdefault("device_ids", None)
     cfg.model_wrapper_cfg = wrapper
+
+
+def logged_scalars(work_dir, key):
+    """The records of the Runner's scalar log (``vis_data/scalars.json``) that hold ``key``."""
+    (log,) = glob.glob(osp.join(work_dir, "*", "vis_data", "scalars.json"))
+    with open(log, encoding="utf-8") as f:
+        return [record for record in map(json.loads, f) if key in record]
 
 
 def main(argv=None):
