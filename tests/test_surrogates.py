@@ -315,6 +315,30 @@ def test_sequence_without_extra_weight_is_token_cross_entropy():
                                / weight.sum())
 
 
+def test_sequence_training_terms_label_smoothing_is_fairseqs():
+    """Without extra weight the surrogate is token NLL, so with label smoothing its loss is
+    fairseq's label-smoothed NLL (nat_loss), value and gradient; the NLL is the exact one."""
+    surrogate = SequenceSurrogate(spread=0.0).double()
+    logits, target, weight = sequence_batch(length=5, vocab=9)
+    logits = logits.double().requires_grad_()
+    loss, value, nll = surrogate.training_terms(logits, target, weight.double(), 0.1)
+    log_p = logits.log_softmax(-1)
+    present = weight > 0
+    expected_nll = -log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1)[present].mean()
+    expected = 0.9 * expected_nll - 0.1 * log_p[present].mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, expected_nll.detach())
+    torch.testing.assert_close(value, expected_nll.detach())
+    assert not value.requires_grad and not nll.requires_grad
+    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0],
+                               torch.autograd.grad(expected, logits)[0])
+    assert gradcheck(lambda x: surrogate.training_terms(x, target, weight.double(), 0.3)[0],
+                     (logits,))
+    for bad in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="'label_smoothing' should be in \\[0, 1\\)"):
+            surrogate.training_terms(logits, target, weight, bad)
+
+
 def test_sequence_does_not_depend_on_unused_vocabulary():
     surrogate = fresh(SequenceSurrogate)
     logits, target, weight = sequence_batch()

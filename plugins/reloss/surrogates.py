@@ -480,15 +480,16 @@ def _sinusoid(positions, dim):
 class _TokenScores(torch.autograd.Function):
     """Per position, from logits (N, T, V) and token ids (N, T, 3) (target, previous and next
     target token): log p(target), log p(target) - max over other tokens of log p, log p(previous),
-    log p(next), as (N, T, 4).
+    log p(next), and with ``spread`` also the mean over the vocabulary of -log p (label
+    smoothing's term), as (N, T, 4 or 5).
 
-    Three passes over the vocabulary forward (log-sum-exp, top two) and one backward (the softmax,
-    written in place of the gradient), instead of autograd's passes through log_softmax, scatter
-    and max.
+    Three passes over the vocabulary forward (log-sum-exp, top two; a mean with ``spread``) and
+    one backward (the softmax, written in place of the gradient), instead of autograd's passes
+    through log_softmax, scatter and max.
     """
 
     @staticmethod
-    def forward(ctx, logits, tokens):
+    def forward(ctx, logits, tokens, spread):
         normalizer = torch.logsumexp(logits, -1, keepdim=True)
         picked = logits.gather(-1, tokens)
         top2, top2_index = logits.topk(2, dim=-1)
@@ -497,17 +498,25 @@ class _TokenScores(torch.autograd.Function):
         best_other_index = torch.where(is_top, top2_index[..., 1:], top2_index[..., :1])
         log_p = picked - normalizer
         ctx.save_for_backward(logits, normalizer, tokens, best_other_index)
-        return torch.cat((log_p[..., :1], picked[..., :1] - best_other, log_p[..., 1:]), -1)
+        out = [log_p[..., :1], picked[..., :1] - best_other, log_p[..., 1:]]
+        if spread:
+            out.append(normalizer - logits.mean(-1, keepdim=True))
+        return torch.cat(out, -1)
 
     @staticmethod
     def backward(ctx, grad):
         logits, normalizer, tokens, best_other_index = ctx.saved_tensors
-        own, margin, previous, following = grad.unbind(-1)
-        # d log p(k) / d z = onehot(k) - softmax; d margin / d z = onehot(target) - onehot(best).
-        out = torch.sub(logits, normalizer).exp_().mul_(-(own + previous + following).unsqueeze(-1))
+        own, margin, previous, following = grad[..., :4].unbind(-1)
+        # d log p(k) / d z = onehot(k) - softmax; d margin / d z = onehot(target) - onehot(best);
+        # d mean_k(-log p(k)) / d z = softmax - 1 / V.
+        spread = grad[..., 4] if grad.shape[-1] == 5 else torch.zeros_like(own)
+        out = torch.sub(logits, normalizer).exp_().mul_(
+            (spread - own - previous - following).unsqueeze(-1))
+        if grad.shape[-1] == 5:
+            out.sub_((spread / logits.shape[-1]).unsqueeze(-1))
         out.scatter_add_(-1, tokens, torch.stack((own + margin, previous, following), -1))
         out.scatter_add_(-1, best_other_index, -margin.unsqueeze(-1))
-        return out, None
+        return out, None, None
 
 
 class SequenceSurrogate(Surrogate):
@@ -558,6 +567,11 @@ class SequenceSurrogate(Surrogate):
 
     def features(self, pred, target, weight=None):
         """pred: (N, T, V) logits; target: (N, T) token ids; weight: (N, T), 0 at padding."""
+        return self._features(pred, target, weight)[:2]
+
+    def _features(self, pred, target, weight, spread=False):
+        """(features, weights, log p(target) (N, T) before the floor, and with ``spread`` the mean
+        of -log p over the vocabulary (N, T), else None)."""
         check_float("pred", pred)
         check_ndim("pred", pred, (3,), "3-D (N, T, V) logits")
         check_tensor("target", target)
@@ -566,11 +580,19 @@ class SequenceSurrogate(Surrogate):
                              f"got {target.dtype} {tuple(target.shape)}")
         weight = _unit_weights(weight, pred, "(N, T)", "position weights (0 at padding)")
         target = target.long()
+        vocabulary = pred.shape[-1]
+        # An id out of range would fail inside gather; on an accelerator checking here would wait
+        # for the device every step, so the toolkit criterion checks there (reloss.fairseq).
+        if target.device.type == "cpu" and target.numel() and bool(
+                (target < 0).any() | (target >= vocabulary).any()):
+            raise ValueError(f"'target' should hold token ids in [0, {vocabulary}) (V of 'pred' "
+                             f"{tuple(pred.shape)}) but holds ids from {int(target.min())} to "
+                             f"{int(target.max())}")
         previous = torch.cat((target[:, :1], target[:, :-1]), 1)
         following = torch.cat((target[:, 1:], target[:, -1:]), 1)
         scores = _TokenScores.apply(upcast_half(pred), torch.stack((target, previous, following),
-                                                                   -1))
-        own, margin, previous_lp, following_lp = scores.unbind(-1)
+                                                                   -1), spread)
+        own, margin, previous_lp, following_lp = scores[..., :4].unbind(-1)
         # Where there is no neighbour (sentence ends, padding), read the floor.
         floor = torch.full_like(own, self.floor)
         present = weight > 0
@@ -579,7 +601,7 @@ class SequenceSurrogate(Surrogate):
         following_lp = torch.where(torch.cat((present[:, 1:], none), 1), following_lp, floor)
         features = torch.stack((own, margin, previous_lp, following_lp), -1)
         features = torch.maximum(features, torch.full_like(features, self.floor))
-        return features, weight.to(features.dtype)
+        return features, weight.to(features.dtype), own, scores[..., 4] if spread else None
 
     def position_values(self, features, weights):
         """The transformer's output per position, (N, T), from features (N, T, F)."""
@@ -590,13 +612,17 @@ class SequenceSurrogate(Surrogate):
         hidden = self.encoder(hidden, src_key_padding_mask=padding)
         return self.out(hidden).squeeze(-1)
 
+    def token_weights(self, features, weights):
+        """With ``reweight``: each position's weight ``c_t`` (N, T), computed without gradient."""
+        detached = features.detach()
+        gate = torch.sigmoid(self.position_values(detached, weights))
+        return 1 + self.spread * gate * -torch.expm1(detached[..., 0])
+
     def head(self, features, weights):
         if not self.reweight:
             return weighted_unit_mean(self.position_values(features, weights), weights)
-        detached = features.detach()
-        gate = torch.sigmoid(self.position_values(detached, weights))
-        scale = 1 + self.spread * gate * -torch.expm1(detached[..., 0])
-        return weighted_unit_mean(scale * -features[..., 0], weights)
+        return weighted_unit_mean(self.token_weights(features, weights) * -features[..., 0],
+                                  weights)
 
     def forward(self, pred, target, weight=None, reduction="mean"):
         """As :meth:`Surrogate.forward`, except that 'mean' weighs each sentence by its number of
@@ -604,10 +630,30 @@ class SequenceSurrogate(Surrogate):
         cross-entropy normalise."""
         if reduction != "mean":
             return super().forward(pred, target, weight, reduction)
-        features, weights = self.features(pred, target, weight)
+        return self.training_terms(pred, target, weight)[0]
+
+    def training_terms(self, pred, target, weight=None, label_smoothing=0.0):
+        """(loss, the 'mean' value without gradient, the plain token NLL without gradient): means
+        over the weighted positions, from one pass over the logits; 0 where no position has
+        weight. The loss is the 'mean' value, or with ``label_smoothing`` e
+        ``(1 - e) value + e mean_k(-log p(k))`` (the mean over the vocabulary, then over
+        positions): label smoothing as fairseq applies it to token cross-entropy, with the
+        surrogate in place of the cross-entropy.
+        """
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0 <= label_smoothing < 1:
+            raise ValueError(f"'label_smoothing' should be in [0, 1) but got {label_smoothing!r}")
+        features, weights, log_p, spread = self._features(pred, target, weight,
+                                                          spread=label_smoothing > 0)
         tokens = weights.sum(-1)
-        return (self.head(features, weights) * tokens).sum() / tokens.sum().clamp_min(
-            torch.finfo(tokens.dtype).tiny)
+        total = tokens.sum().clamp_min(torch.finfo(tokens.dtype).tiny)
+        nll = -(log_p.detach() * weights).sum() / total
+        value = (self.head(features, weights) * tokens).sum() / total
+        loss = value
+        if label_smoothing > 0:
+            loss = (1 - label_smoothing) * value + label_smoothing * (
+                (spread * weights).sum() / total)
+        return loss, value.detach(), nll
 
 
 #: Weight of the original loss (cross-entropy, heatmap MSE, token cross-entropy) that the toolkit
