@@ -1,15 +1,29 @@
 """Training-step time of a model with ReLoss against the loss it replaces, in one run.
 
-    python tools/benchmark_step.py [--task cls|pose] [--batch N] [--steps 20] [--device cpu|cuda]
-                                   [--amp bf16|fp16]
+    python tools/benchmark_step.py [--task cls|pose|nat] [--batch N] [--steps 20]
+                                   [--device cpu|cuda] [--amp bf16|fp16] [--tokens 32]
 
 'cls': the ReLoss paper's CIFAR ResNet-56 (``ResNetCIFARPaper``, 32x32 inputs) as an mmpretrain
 ``ImageClassifier``, ReLossCls against cross-entropy (batch 128 by default). 'pose':
 SimpleBaseline ResNet-50 at 256x192 as an mmpose ``TopdownPoseEstimator`` (64x48 heatmaps),
-ReLossPose against ``KeypointMSELoss`` (batch 32 by default). Both models are built twice,
-identical but for the loss, and whole training steps (forward in 'loss' mode, backward, optimizer
-step) of the two are timed interleaved, so that drifts in machine speed hit both alike. Prints the
-median step time of each and the ratio.
+ReLossPose against ``KeypointMSELoss`` (batch 32 by default). A training step of these is the
+forward in 'loss' mode, backward and an SGD step.
+
+'nat': fairseq's NAT-Base, a ``nonautoregressive_transformer`` (fairseq's own architecture
+defaults: d 512, 6 encoder and 6 decoder layers, 8 heads, FFN 2048) with a shared 32k-entry
+vocabulary and the model flags of fairseq's NAT recipe (examples/nonautoregressive_translation:
+--share-all-embeddings, learned positions, --pred-length-offset, --length-loss-factor 0.1,
+--apply-bert-init, --dropout 0.3), ``reloss_nat`` (default options) against ``nat_loss``, both
+with --label-smoothing 0.1. Task, model and criterion are built through fairseq's own parser,
+``TranslationLevenshteinTask``, ``build_model`` and ``build_criterion``. The batch is a
+``translation_lev`` one of N sentences (16 by default) of --tokens source and as many target
+tokens (<bos> and <eos> included, no padding), the decoder input made by the task's full_mask
+noise; a training step is ``criterion(model, sample)`` (the criterion runs the model), backward
+and an Adam step (betas 0.9, 0.98, decoupled weight decay 0.01, as fairseq's adam in the recipe).
+
+Both models are built twice, identical but for the loss and starting from the same weights, and
+whole training steps of the two are timed interleaved, so that drifts in machine speed hit both
+alike. Prints the median step time of each and the ratio.
 """
 import argparse
 import statistics
@@ -45,6 +59,73 @@ def pose_estimator(loss):
         backbone=dict(type="ResNet", depth=50),
         head=dict(type="HeatmapHead", in_channels=2048, out_channels=17, loss=loss,
                   decoder=codec)))
+
+
+NAT_VOCABULARY = 32000
+# fairseq's NAT recipe (examples/nonautoregressive_translation/README.md), model and loss flags.
+NAT_FLAGS = ["--task", "translation_lev", "--noise", "full_mask",
+             "--arch", "nonautoregressive_transformer", "--share-all-embeddings",
+             "--encoder-learned-pos", "--decoder-learned-pos", "--pred-length-offset",
+             "--length-loss-factor", "0.1", "--apply-bert-init", "--dropout", "0.3",
+             "--label-smoothing", "0.1"]
+
+
+def nat_case(args, device):
+    from fairseq import options
+    from fairseq.data import Dictionary
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.tasks.translation_lev import TranslationLevenshteinTask
+
+    import reloss.fairseq  # noqa: F401  (registers reloss_nat)
+
+    dictionary = Dictionary()  # shared by source and target, as with --share-all-embeddings
+    for i in range(NAT_VOCABULARY - len(dictionary)):
+        dictionary.add_symbol(f"w{i}")
+    models = {}
+    for criterion in ("nat_loss", "reloss_nat"):
+        parser = options.get_training_parser(default_task="translation_lev")
+        cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(
+            parser, ["unused-data-dir", *NAT_FLAGS, "--criterion", criterion]))
+        task = TranslationLevenshteinTask(cfg.task, dictionary, dictionary)
+        model = task.build_model(cfg.model)
+        if models:
+            model.load_state_dict(next(iter(models.values()))[0].state_dict())
+        models[criterion] = (model, task.build_criterion(cfg.criterion))
+
+    # A translation_lev batch: <bos> w ... w <eos> (the task prepends <bos>), all of one length.
+    generator = torch.Generator().manual_seed(0)
+
+    def sentences():
+        words = torch.randint(dictionary.nspecial, len(dictionary),
+                              (args.batch, args.tokens - 2), generator=generator)
+        bos = torch.full((args.batch, 1), dictionary.bos())
+        eos = torch.full((args.batch, 1), dictionary.eos())
+        return torch.cat((bos, words, eos), 1).to(device)
+
+    source, target = sentences(), sentences()
+    sample = dict(id=torch.arange(args.batch, device=device), nsentences=args.batch,
+                  ntokens=int(target.ne(dictionary.pad()).sum()), target=target,
+                  prev_target=task.inject_noise(target),
+                  net_input=dict(src_tokens=source, src_lengths=torch.full(
+                      (args.batch,), args.tokens, device=device)))
+    shape = cfg.model
+    title = (f"fairseq nonautoregressive_transformer (d {shape.encoder_embed_dim}, "
+             f"{shape.encoder_layers}+{shape.decoder_layers} layers, "
+             f"{shape.encoder_attention_heads} heads, FFN {shape.encoder_ffn_embed_dim}), "
+             f"batch {args.batch} of {args.tokens} source / {args.tokens} target tokens, "
+             f"{len(dictionary)}-entry shared vocabulary")
+    return models, lambda entry: entry[1](entry[0], sample)[0], title
+
+
+def mm_case(case, args, device):
+    """cls and pose: mmengine models whose 'loss' mode returns a dict of losses."""
+    models, images, samples, title = case(args, device)
+
+    def loss(model):
+        return sum(value for key, value in model(images, samples, mode="loss").items()
+                   if key.startswith("loss"))
+
+    return {name: (model,) for name, model in models.items()}, lambda entry: loss(entry[0]), title
 
 
 def cls_case(args, device):
@@ -85,32 +166,47 @@ def pose_case(args, device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=["cls", "pose"], default="cls")
+    parser.add_argument("--task", choices=["cls", "pose", "nat"], default="cls")
     parser.add_argument("--depth", type=int, default=56, help="cls: ResNet depth")
-    parser.add_argument("--batch", type=int, help="default 128 (cls), 32 (pose)")
+    parser.add_argument("--batch", type=int,
+                        help="default 128 (cls), 32 (pose), 16 sentences (nat)")
     parser.add_argument("--classes", type=int, default=10, help="cls: number of classes")
+    parser.add_argument("--tokens", type=int, default=32,
+                        help="nat: tokens per source and per target sentence, <bos> and <eos> "
+                             "included")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per loss")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype (GPU)")
     args = parser.parse_args(argv)
-    args.batch = args.batch or dict(cls=128, pose=32)[args.task]
+    args.batch = args.batch or dict(cls=128, pose=32, nat=16)[args.task]
     if args.steps < 1 or args.batch < 1:
         parser.error(f"--steps and --batch should be positive but got {args.steps} and "
                      f"{args.batch}")
+    if args.tokens < 3:
+        parser.error(f"--tokens should be at least 3 (<bos>, a word, <eos>) but got "
+                     f"{args.tokens}")
     device = torch.device(args.device)
     torch.manual_seed(0)
-    built, images, samples, title = (cls_case if args.task == "cls" else pose_case)(args, device)
+    if args.task == "nat":
+        built, forward, title = nat_case(args, device)
+    else:
+        built, forward, title = mm_case(cls_case if args.task == "cls" else pose_case, args,
+                                        device)
     models = {}
-    for name, model in built.items():
+    for name, (model, *rest) in built.items():
         model = model.to(device).train()
-        models[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+        if args.task == "nat":  # fairseq's NAT recipe: --optimizer adam, decoupled weight decay
+            optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98),
+                                          weight_decay=0.01)
+        else:
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        models[name] = ((model, *rest), optimizer)
     dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(args.amp)
 
-    def step(model, optimizer):
+    def step(entry, optimizer):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = sum(value for key, value in model(images, samples, mode="loss").items()
-                       if key.startswith("loss"))
+            loss = forward(entry)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -121,10 +217,10 @@ def main(argv=None):
 
     times = {name: [] for name in models}
     for i in range(args.warmup + args.steps):
-        for name, (model, optimizer) in models.items():
+        for name, (entry, optimizer) in models.items():
             synchronize()
             start = time.perf_counter()
-            step(model, optimizer)
+            step(entry, optimizer)
             synchronize()
             if i >= args.warmup:
                 times[name].append(1000 * (time.perf_counter() - start))
