@@ -9,8 +9,8 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 # Installed from source or without their own dependencies (see README, "Environment").
 SPECIAL := mmpose|xtcocotools|fairseq-fixed|torchsort
 
-.PHONY: demo demo-surrogate benchmark benchmark-training benchmark-step pose-proxy test lint env \
-	clean-env
+.PHONY: demo demo-surrogate benchmark benchmark-training benchmark-step pose-proxy nat-proxy test \
+	lint env clean-env
 
 # The main job: train a ResNet-20 on scikit-learn's digits through mmengine's Runner with
 # cross-entropy and with ReLossCls, 3 seeds each, and compare (a few minutes).
@@ -36,10 +36,16 @@ benchmark-training: $(STAMP)
 pose-proxy: $(STAMP)
 	$(BIN)/python tools/pose_proxy.py --out work_dirs/pose_proxy/$$(date +%Y%m%d_%H%M%S)
 
-# Training-step time with ReLoss against the original loss: ResNet-56 (cls), SimpleBaseline (pose).
+# nat_loss against reloss_nat with fairseq-train and fairseq-generate on a generated corpus (<10 min).
+nat-proxy: $(STAMP)
+	$(BIN)/python tools/nat_proxy.py --out work_dirs/nat_proxy/$$(date +%Y%m%d_%H%M%S)
+
+# Training-step time with ReLoss against the original loss: ResNet-56 (cls), SimpleBaseline (pose),
+# fairseq's NAT-Base (nat).
 benchmark-step: $(STAMP)
 	$(BIN)/python tools/benchmark_step.py --task cls
 	$(BIN)/python tools/benchmark_step.py --task pose
+	$(BIN)/python tools/benchmark_step.py --task nat
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests

@@ -12,7 +12,6 @@ loss is scored by how well it ranks them: Spearman(-loss, accuracy) over chunks,
 surrogate was learned to maximise. Prints the table and writes it, with the validation curves
 (curves.png), to DIR.
 """
-import argparse
 import json
 import os
 import statistics
@@ -109,25 +108,18 @@ def plot(path, curves):
     ax.set_title("ResNet-20 on scikit-learn digits (mean of seeds, band: min to max)",
                  fontsize=10)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    curves_plot.save(plt, fig, path)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2])
-    parser.add_argument("--out", default=os.path.join(
-        "work_dirs", "demo", time.strftime("%Y%m%d_%H%M%S")), help="output folder (new)")
+    parser = curves_plot.experiment_parser(__doc__, "demo")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=15)
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.epochs < 1:
         parser.error(f"--seeds and --epochs should be positive but got {args.seeds} and "
                      f"{args.epochs}")
-    if os.path.exists(args.out) and os.listdir(args.out):
-        parser.error(f"--out {args.out} already exists and is not empty; choose another")
+    curves_plot.refuse_existing(parser, args.out)
     import reloss
 
     started = time.time()
@@ -158,7 +150,7 @@ def main(argv=None):
     for name in LOSSES:
         finals = [run[-1][1] for run in curves[name]]
         firsts = [run[0][1] for run in curves[name]]
-        spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
+        spread = curves_plot.std(finals)
         ce = statistics.fmean(r["cross-entropy"] for r in rankings[name])
         ours = statistics.fmean(r["ReLossCls"] for r in rankings[name])
         lines.append(f"| {name} | {statistics.fmean(finals):.2f} +- {spread:.2f} | "

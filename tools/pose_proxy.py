@@ -11,7 +11,6 @@ and schedule shape), with a ResNet-18 of half width (last stage not strided), 64
 ``CocoMetric`` (OKS AP, with ground-truth boxes) and mmpose's ``PCKAccuracy`` (threshold 0.05 of
 the box). Prints the table and writes it, with the validation curves (curves.png), to DIR.
 """
-import argparse
 import json
 import os
 import statistics
@@ -77,10 +76,6 @@ def config_text(root, loss="ReLossPose", epochs=1, val_interval=1, seed=0, extra
                          visualizer=f"visualizer_{loss}_{seed}_{time.time_ns()}")
 
 
-def std(values):
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def validation_curve(work_dir):
     """[(epoch, coco/AP, PCK)] from the Runner's scalar log."""
     return [(r["step"], r["coco/AP"], r["PCK"]) for r in train.logged_scalars(work_dir, "coco/AP")]
@@ -97,17 +92,11 @@ def plot(path, curves):
         ax.set_ylabel(label)
         ax.legend()
     fig.suptitle("generated COCO keypoints, mean of seeds (band: min to max)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    curves_plot.save(plt, fig, path)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2])
-    parser.add_argument("--out", default=os.path.join(
-        "work_dirs", "pose_proxy", time.strftime("%Y%m%d_%H%M%S")), help="output folder (new)")
+    parser = curves_plot.experiment_parser(__doc__, "pose_proxy")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--train", type=int, default=480, help="training images")
@@ -116,8 +105,7 @@ def main(argv=None):
     for name in ("seeds", "epochs", "train", "val"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} should be positive but got {getattr(args, name)}")
-    if os.path.exists(args.out) and os.listdir(args.out):
-        parser.error(f"--out {args.out} already exists and is not empty; choose another")
+    curves_plot.refuse_existing(parser, args.out)
     started = time.time()
     root = os.path.abspath(os.path.join(args.out, "data"))
     generate_coco_keypoints.write(root, args.train, args.val)
@@ -141,8 +129,9 @@ def main(argv=None):
              "AP after the first validation |", "|---|---|---|---|---|"]
     for name, runs in curves.items():
         aps, pcks = [run[-1][1] for run in runs], [run[-1][2] for run in runs]
-        lines.append(f"| {name} | {statistics.fmean(aps):.3f} +- {std(aps):.3f} | {min(aps):.3f} "
-                     f"| {statistics.fmean(pcks):.3f} +- {std(pcks):.3f} | "
+        lines.append(f"| {name} | {statistics.fmean(aps):.3f} +- {curves_plot.std(aps):.3f} | "
+                     f"{min(aps):.3f} | {statistics.fmean(pcks):.3f} +- "
+                     f"{curves_plot.std(pcks):.3f} | "
                      f"{statistics.fmean(run[0][1] for run in runs):.3f} |")
     table = "\n".join(lines) + "\n"
     plot(os.path.join(args.out, "curves.png"), curves)
