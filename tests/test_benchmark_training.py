@@ -61,6 +61,9 @@ def test_seeds_of_an_arm_differ_and_repeat(tmp_path):
     (["--task", "cls", "--original-weight", "-1"], r"--original-weight should be a finite number "
                                                    r">= 0 but got -1.0"),
     (["--task", "segmentation"], r"argument --task: invalid choice: 'segmentation'"),
+    (["--task", "cls", "--label-smoothing", "0.1"], r"--label-smoothing should be in \[0, 1\), "
+                                                    r"and is for --task nat only"),
+    (["--task", "nat", "--label-smoothing", "1"], r"--label-smoothing should be in \[0, 1\)"),
 ])
 def test_bad_arguments_are_refused_before_training(args, message, tmp_path, capsys, monkeypatch):
     def no_training(*_, **__):
@@ -92,3 +95,21 @@ def test_mixed_loss_records_the_surrogate_share():
     loss = mixed(logits, labels)
     torch.testing.assert_close(loss, surrogate(logits, labels))
     assert mixed.shares == [pytest.approx(1.0)]
+
+
+def test_label_smoothing_smooths_both_losses_as_fairseq():
+    """nat with --label-smoothing: the original is nat_loss's smoothed NLL, the surrogate arm
+    reloss_nat's smoothed surrogate."""
+    task = benchmark_training.importlib.import_module("reference.nat")
+    surrogate = reloss.load_surrogate("nat")
+    functions = benchmark_training.loss_functions(task, surrogate, 1.0, 0.1)
+    logits = torch.randn(3, 6, 40)
+    target = torch.randint(4, 40, (3, 6))
+    weight = (torch.arange(6) < torch.tensor([[6], [4], [2]])).float()
+    log_p = logits.log_softmax(-1)
+    nll = task.original_loss(logits, target, weight)
+    spread = (-log_p.mean(-1) * weight).sum() / weight.sum()
+    torch.testing.assert_close(functions["original"](logits, target, weight),
+                               0.9 * nll + 0.1 * spread)
+    torch.testing.assert_close(functions["surrogate"](logits, target, weight),
+                               0.9 * surrogate(logits, target, weight) + 0.1 * spread)

@@ -28,7 +28,8 @@ TRAIN = ["--task", "translation_lev", "--arch", "nonautoregressive_transformer",
          "--max-tokens", "400", "--pred-length-offset", "--length-loss-factor", "0.1",
          "--label-smoothing", "0.1", "--cpu", "--num-workers", "0", "--log-format", "simple",
          "--log-interval", "1", "--disable-validation", "--no-epoch-checkpoints", *SMALL]
-# A model without a word_ins output: fairseq's autoregressive transformer (no NAT length flags).
+# Without NAT's length flags: fairseq's autoregressive transformer (a model without a word_ins
+# output) and the Levenshtein transformer (no length head).
 AUTOREGRESSIVE = TRAIN[:TRAIN.index("--pred-length-offset")] + TRAIN[
     TRAIN.index("--length-loss-factor") + 2:]
 GENERATE = ["--task", "translation_lev", "--gen-subset", "test", "--iter-decode-max-iter", "0",
@@ -143,11 +144,17 @@ def test_surrogate_is_frozen_and_outside_the_criterion(data_bin):
     assert all(not p.requires_grad and p.grad is None for p in surrogate.parameters())
 
 
-def test_works_for_cmlm_and_under_autocast(data_bin):
+def test_works_for_cmlm_levenshtein_and_under_autocast(data_bin):
     task, model, criterion = build(data_bin, "--criterion", "reloss_nat", "--arch",
                                    "cmlm_transformer", "--noise", "random_mask")
     loss, _, logged = criterion(model, batch(task))
     assert torch.isfinite(loss) and logged["reloss-loss"] > 0
+    # Levenshtein: word insertion from the surrogate, deletion and insertion counts as nat_loss.
+    task, model, criterion = build(data_bin, "--criterion", "reloss_nat", "--arch",
+                                   "levenshtein_transformer", "--noise", "random_delete",
+                                   base=AUTOREGRESSIVE)
+    loss, _, logged = criterion(model, batch(task))
+    assert torch.isfinite(loss) and {"mask_ins-loss", "word_del-loss"} <= set(logged)
     task, model, criterion = build(data_bin, "--criterion", "reloss_nat")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _, logged = criterion(model, batch(task))

@@ -4,6 +4,7 @@ loss, with the surrogate alone and with the two mixed, on the same seeds, and co
     python tools/benchmark_training.py --task cls
     python tools/benchmark_training.py --task pose --checkpoint work_dirs/my_pose/surrogate.pt
     python tools/benchmark_training.py --task nat --seeds 3 --quick
+    python tools/benchmark_training.py --task nat --label-smoothing 0.1
 
 Every arm trains the same model from the same initialisation on the same data order (one seed
 each); only the loss differs:
@@ -12,6 +13,9 @@ each); only the loss differs:
 - surrogate: the surrogate alone;
 - mixed: ``w * original + surrogate``, with w the weight the toolkit adapters use by default
   (``reloss.surrogates.DEFAULT_ORIGINAL_WEIGHT``; ``--original-weight`` overrides it).
+
+For 'nat', ``--label-smoothing E`` smooths the original loss as fairseq's ``nat_loss`` does and the
+surrogate as ``reloss_nat`` does (``(1 - E) loss + E mean_k(-log p(k))``), in every arm.
 
 The reference tasks (tools/reference/) need no download: 'cls' is a small CNN on scikit-learn's
 digits, with clean labels and with 40% of the training labels flipped; 'pose' a small heatmap
@@ -57,6 +61,10 @@ def parse_args(argv=None):
                         help="weight of the original loss in the mixed arm (default: the "
                              "adapters' default for --task, or 1 where that is 0)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--label-smoothing", type=float, default=0.0, metavar="E",
+                        help="nat: smooth token cross-entropy as fairseq's nat_loss does and the "
+                             "surrogate as reloss_nat does, (1 - E) loss + E mean_k(-log p(k)) "
+                             "(default 0)")
     parser.add_argument("--out", help="output folder (default work_dirs/benchmark_training/TASK)")
     parser.add_argument("--force", action="store_true", help="replace outputs already in --out")
     parser.add_argument("--threads", type=int, default=1,
@@ -70,6 +78,9 @@ def parse_args(argv=None):
                                                  and args.original_weight >= 0):
         parser.error(f"--original-weight should be a finite number >= 0 but got "
                      f"{args.original_weight}")
+    if not 0 <= args.label_smoothing < 1 or (args.label_smoothing and args.task != "nat"):
+        parser.error(f"--label-smoothing should be in [0, 1), and is for --task nat only, but "
+                     f"got {args.label_smoothing} with --task {args.task}")
     args.out = args.out or os.path.join("work_dirs", "benchmark_training", args.task)
     present = [name for name in OUTPUTS if os.path.exists(os.path.join(args.out, name))]
     if present and not args.force:
@@ -111,12 +122,24 @@ class MixedLoss:
         return original + learned
 
 
-def loss_functions(task, surrogate, original_weight):
+def loss_functions(task, surrogate, original_weight, label_smoothing=0.0):
+    original = task.original_loss
+
     def learned(pred, target, weight=None):
         return surrogate(pred, target, weight)
 
-    return dict(original=task.original_loss, surrogate=learned,
-                mixed=MixedLoss(task.original_loss, surrogate, original_weight))
+    if label_smoothing:  # nat only: both smoothed as fairseq's nat_loss and reloss_nat do
+        def original(pred, target, weight):
+            log_p = pred.float().log_softmax(-1)
+            nll = -log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            smoothed = (1 - label_smoothing) * nll - label_smoothing * log_p.mean(-1)
+            return (smoothed * weight).sum() / weight.sum().clamp_min(1)
+
+        def learned(pred, target, weight=None):
+            return surrogate.training_terms(pred, target, weight, label_smoothing)[0]
+
+    return dict(original=original, surrogate=learned,
+                mixed=MixedLoss(original, learned, original_weight))
 
 
 def time_losses(task, functions, repeats=50):
@@ -192,7 +215,7 @@ def main(argv=None):
     args, surrogate = parse_args(argv)
     torch.set_num_threads(args.threads)
     task = importlib.import_module(f"reference.{args.task}")
-    functions = loss_functions(task, surrogate, args.original_weight)
+    functions = loss_functions(task, surrogate, args.original_weight, args.label_smoothing)
     started = time.time()
     print(f"[reloss] benchmark_training --task {args.task}: surrogate "
           f"{args.checkpoint or args.task} (sha256 {surrogate.sha256[:12]}...), arms "
@@ -239,6 +262,7 @@ def main(argv=None):
     record = dict(task=args.task, checkpoint=args.checkpoint or args.task,
                   sha256=surrogate.sha256, metric=task.METRIC, chance=task.CHANCE,
                   original_weight=args.original_weight, default_arm=args.default_arm,
+                  label_smoothing=args.label_smoothing,
                   seeds=args.seeds, quick=args.quick, results=results, loss_ms=timings,
                   seconds=round(seconds, 1),
                   command="python tools/benchmark_training.py " + shlex.join(

@@ -1,7 +1,7 @@
 """A translation experiment that runs on a CPU: nat_loss against reloss_nat with fairseq's own
 command-line tools.
 
-    python tools/nat_proxy.py [--out DIR] [--seeds 4] [--updates 1600] [--jobs 2]
+    python tools/nat_proxy.py [--out DIR] [--seeds 4] [--first-seed 0] [--updates 1600] [--jobs 2]
                               [--criteria nat_loss reloss_nat] [--fairseq-args "..."]
 
 Writes the generated language pair of ``tools/reference/nat.py`` (words that become 0-3 target
@@ -148,6 +148,8 @@ def plot(path, runs):
 def main(argv=None):
     parser = curves_plot.experiment_parser(__doc__, "nat_proxy")
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run from this one (more seeds over several runs)")
     parser.add_argument("--updates", type=int, default=1600)
     parser.add_argument("--jobs", type=int, default=2, help="trainings run at once")
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA),
@@ -158,6 +160,8 @@ def main(argv=None):
     for name in ("seeds", "updates", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} should be positive but got {getattr(args, name)}")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed should be >= 0 but got {args.first_seed}")
     curves_plot.refuse_existing(parser, args.out)
     started = time.time()
     data_bin = os.path.join(args.out, "data-bin")
@@ -166,7 +170,8 @@ def main(argv=None):
     print(f"[reloss] binarised {pairs[0]} training and {pairs[1]} test pairs into {data_bin}",
           flush=True)
 
-    jobs = [(criterion, seed) for seed in range(args.seeds) for criterion in args.criteria]
+    jobs = [(criterion, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)
+            for criterion in args.criteria]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     runs = {criterion: [] for criterion in args.criteria}
     running = []
