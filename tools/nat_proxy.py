@@ -65,12 +65,13 @@ def bin_dir(name):
 
 
 def write_corpus(folder):
-    """The reference task's pairs as text: source words s<id>, target words t<id>."""
+    """The reference task's pairs as text, a token id i written as the word w<i> (source and
+    target ids are disjoint, so one joined dictionary serves both)."""
     (train_src, train_tgt), (test_src, test_tgt) = reference_nat.data()
     os.makedirs(folder, exist_ok=True)
 
     def lines(rows):
-        return ["" if not row else " ".join(f"w{int(t)}" for t in row if t != reference_nat.PAD)
+        return [" ".join(f"w{t}" for t in row if t != reference_nat.PAD)
                 for row in rows.tolist()]
 
     for split, src, tgt in (("train", train_src, train_tgt), ("test", test_src, test_tgt)):

@@ -509,11 +509,12 @@ class _TokenScores(torch.autograd.Function):
         own, margin, previous, following = grad[..., :4].unbind(-1)
         # d log p(k) / d z = onehot(k) - softmax; d margin / d z = onehot(target) - onehot(best);
         # d mean_k(-log p(k)) / d z = softmax - 1 / V.
-        spread = grad[..., 4] if grad.shape[-1] == 5 else torch.zeros_like(own)
-        out = torch.sub(logits, normalizer).exp_().mul_(
-            (spread - own - previous - following).unsqueeze(-1))
+        coefficient = -(own + previous + following)
         if grad.shape[-1] == 5:
-            out.sub_((spread / logits.shape[-1]).unsqueeze(-1))
+            coefficient = coefficient + grad[..., 4]
+        out = torch.sub(logits, normalizer).exp_().mul_(coefficient.unsqueeze(-1))
+        if grad.shape[-1] == 5:
+            out.sub_((grad[..., 4] / logits.shape[-1]).unsqueeze(-1))
         out.scatter_add_(-1, tokens, torch.stack((own + margin, previous, following), -1))
         out.scatter_add_(-1, best_other_index, -margin.unsqueeze(-1))
         return out, None, None
