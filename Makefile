@@ -10,45 +10,50 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 SPECIAL := mmpose|xtcocotools|fairseq-fixed|torchsort
 
 .PHONY: demo demo-surrogate benchmark benchmark-training benchmark-step pose-proxy nat-proxy test \
-	lint env clean-env
+	test-fast lint env clean-env
 
 # The main job: train a ResNet-20 on scikit-learn's digits through mmengine's Runner with
 # cross-entropy and with ReLossCls, 3 seeds each, and compare (a few minutes).
 demo: $(STAMP)
-	$(BIN)/python tools/demo_digits.py --out work_dirs/demo/$$(date +%Y%m%d_%H%M%S)
+	$(BIN)/python -m tools.demo_digits --out work_dirs/demo/$$(date +%Y%m%d_%H%M%S)
 
 # Learn a classification surrogate (about 30 s) and check it on a real model's predictions.
 demo-surrogate: $(STAMP)
 	out=work_dirs/demo_surrogate/$$(date +%Y%m%d_%H%M%S) && \
-	$(BIN)/python tools/digits_predictions.py --out $$out/digits_predictions.pt && \
-	$(BIN)/python tools/pretrain_surrogate.py --task cls --out $$out/surrogate_cls \
+	$(BIN)/python -m tools.digits_predictions --out $$out/digits_predictions.pt && \
+	$(BIN)/python -m tools.pretrain_surrogate --task cls --out $$out/surrogate_cls \
 		--eval-data $$out/digits_predictions.pt
 
 benchmark: $(STAMP)
-	$(BIN)/python tools/benchmark_rank.py --out work_dirs/benchmark_rank
+	$(BIN)/python -m tools.benchmark_rank --out work_dirs/benchmark_rank
 
 # Train small models with each shipped surrogate and with the loss it replaces (about 5 min each).
 benchmark-training: $(STAMP)
 	for task in cls pose nat; do \
-		$(BIN)/python tools/benchmark_training.py --task $$task --force || exit 1; done
+		$(BIN)/python -m tools.benchmark_training --task $$task --force || exit 1; done
 
 # MSE against ReLossPose through mmpose's pipeline and CocoMetric on generated data (under 10 min).
 pose-proxy: $(STAMP)
-	$(BIN)/python tools/pose_proxy.py --out work_dirs/pose_proxy/$$(date +%Y%m%d_%H%M%S)
+	$(BIN)/python -m tools.pose_proxy --out work_dirs/pose_proxy/$$(date +%Y%m%d_%H%M%S)
 
 # nat_loss against reloss_nat with fairseq-train and fairseq-generate on a generated corpus (<10 min).
 nat-proxy: $(STAMP)
-	$(BIN)/python tools/nat_proxy.py --out work_dirs/nat_proxy/$$(date +%Y%m%d_%H%M%S)
+	$(BIN)/python -m tools.nat_proxy --out work_dirs/nat_proxy/$$(date +%Y%m%d_%H%M%S)
 
 # Training-step time with ReLoss against the original loss: ResNet-56 (cls), SimpleBaseline (pose),
 # fairseq's NAT-Base (nat).
 benchmark-step: $(STAMP)
-	$(BIN)/python tools/benchmark_step.py --task cls
-	$(BIN)/python tools/benchmark_step.py --task pose
-	$(BIN)/python tools/benchmark_step.py --task nat
+	$(BIN)/python -m tools.benchmark_step --task cls
+	$(BIN)/python -m tools.benchmark_step --task pose
+	$(BIN)/python -m tools.benchmark_step --task nat
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
+
+# The tests not marked slow (about a minute): training runs, multi-process launches, the wheel
+# build and the tools' end-to-end runs are left to `make test`, which runs everything, as CI does.
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

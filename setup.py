@@ -1,4 +1,6 @@
-"""Packaging for reloss: the import package lives in plugins/reloss; nothing else goes in the wheel.
+"""Packaging for reloss: the import package lives in plugins/reloss, and fairseq's ``--user-dir``
+package beside it in plugins/fairseq_reloss (``reloss.fairseq_user_dir()`` gives its installed
+path); nothing else goes in the wheel.
 
 The tested stack is pinned in constraints.txt and installed by `make` (see the README): some host
 toolkits need build flags that extras cannot express (mmpose and fairseq-fixed without their
@@ -19,7 +21,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     package_dir={"": "plugins"},
-    packages=find_packages(where="plugins", include=["reloss", "reloss.*"]),
+    packages=find_packages(where="plugins", include=["reloss", "reloss.*", "fairseq_reloss"]),
     include_package_data=True,
     package_data={"reloss": ["checkpoints/*.pt", "checkpoints/*.json"]},
     install_requires=["torch>=2.0", "numpy"],
@@ -28,6 +30,7 @@ setup(
         "mmpretrain": ["mmengine>=0.10", "mmcv-lite>=2.0", "mmpretrain>=1.2"],
         "mmpose": ["mmengine>=0.10", "mmcv-lite>=2.0", "mmpose>=1.1", "xtcocotools"],
         "fairseq": ["fairseq-fixed>=0.12.3", "sacrebleu>=2.0"],
-        "dev": ["pytest", "ruff", "scipy", "matplotlib", "diffsort", "scikit-learn", "tqdm"],
+        "dev": ["pytest", "hypothesis", "ruff", "scipy", "matplotlib", "diffsort", "scikit-learn",
+                "tqdm"],
     },
 )

@@ -90,23 +90,39 @@ def batch(task, count=8):
     return sample
 
 
-def test_reloss_weight_0_with_ce_weight_1_is_nat_loss(data_bin):
-    task, model, criterion = build(data_bin, "--criterion", "reloss_nat", "--reloss-weight", "0",
-                                   "--reloss-ce-weight", "1")
-    _, _, nat_loss = build(data_bin, "--criterion", "nat_loss")
-    model.eval()  # no dropout: both criteria see the same outputs
+def test_reloss_weight_scales_the_surrogate_and_nat_loss_cross_entropy(data_bin):
+    """word_ins = w (S + c CE) with w = --reloss-weight, c = --reloss-ce-weight and CE nat_loss's
+    own term: the CE part's value and gradient are nat_loss's (length terms switched off)."""
+    no_length = ("--length-loss-factor", "0")
+    task, model, mixed = build(data_bin, "--criterion", "reloss_nat", "--reloss-weight", "2",
+                               "--reloss-ce-weight", "0.5", *no_length)
+    _, _, doubled = build(data_bin, "--criterion", "reloss_nat", "--reloss-weight", "2",
+                          *no_length)
+    _, _, single = build(data_bin, "--criterion", "reloss_nat", *no_length)
+    _, _, nat_loss = build(data_bin, "--criterion", "nat_loss", *no_length)
+    model.eval()  # no dropout: every criterion sees the same outputs
     sample = batch(task)
-    ours, size, logged = criterion(model, sample)
-    grads = torch.autograd.grad(ours, list(model.parameters()), allow_unused=True)
-    theirs, their_size, their_logged = nat_loss(model, sample)
-    their_grads = torch.autograd.grad(theirs, list(model.parameters()), allow_unused=True)
-    assert size == their_size == 1
-    torch.testing.assert_close(ours, theirs)
+    parameters = list(model.parameters())
+
+    def evaluated(criterion):
+        loss, size, logged = criterion(model, sample)
+        assert size == 1
+        return loss, logged, torch.autograd.grad(loss, parameters, allow_unused=True)
+
+    loss, logged, grads = evaluated(mixed)
+    loss_doubled, logged_doubled, grads_doubled = evaluated(doubled)
+    _, logged_single, _ = evaluated(single)
+    their_loss, their_logged, their_grads = evaluated(nat_loss)
+    assert logged_doubled["word_ins-loss"] == pytest.approx(2 * logged_single["word_ins-loss"],
+                                                            rel=1e-6)
+    assert logged["word_ins-loss"] == pytest.approx(
+        logged_doubled["word_ins-loss"] + 2 * 0.5 * their_logged["word_ins-loss"], rel=1e-6)
+    torch.testing.assert_close(loss - loss_doubled, their_loss)
     torch.testing.assert_close(logged["nll_loss"], their_logged["nll_loss"])
-    assert logged["length-loss"] == pytest.approx(their_logged["length-loss"])
-    for a, b in zip(grads, their_grads, strict=True):
-        if b is not None:
-            torch.testing.assert_close(a, b)
+    assert logged["reloss-loss"] == logged_single["reloss-loss"]
+    for ours, alone, theirs in zip(grads, grads_doubled, their_grads, strict=True):
+        if theirs is not None:
+            torch.testing.assert_close(ours - alone, theirs, rtol=1e-4, atol=1e-6)
 
 
 def test_default_is_the_surrogate_plus_nat_loss_length_term(data_bin):
@@ -119,17 +135,17 @@ def test_default_is_the_surrogate_plus_nat_loss_length_term(data_bin):
     outputs = model(sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"],
                     sample["prev_target"], sample["target"])
     entry = outputs["word_ins"]
-    surrogate = float(reloss.load_surrogate("nat")(entry["out"], entry["tgt"],
-                                                   entry["mask"].float()))
+    surrogate = reloss.load_surrogate("nat")(entry["out"], entry["tgt"],
+                                             entry["mask"].float()).item()
     # Label smoothing (--label-smoothing 0.1) as nat_loss applies it, the surrogate in place of
     # the NLL: 0.9 surrogate + 0.1 mean over the vocabulary of -log p.
-    spread = float(-entry["out"][entry["mask"]].float().log_softmax(-1).mean(-1).mean())
+    spread = (-entry["out"][entry["mask"]].float().log_softmax(-1).mean(-1).mean()).item()
     assert logged["reloss-loss"] == pytest.approx(surrogate, rel=1e-5)
     assert logged["word_ins-loss"] == pytest.approx(0.9 * surrogate + 0.1 * spread, rel=1e-5)
     # The length term is nat_loss's, and the logged NLL is the plain token NLL.
     assert logged["length-loss"] == pytest.approx(their_logged["length-loss"], rel=1e-6)
     torch.testing.assert_close(logged["nll_loss"], their_logged["nll_loss"])
-    assert float(loss) == pytest.approx(logged["word_ins-loss"] + 0.1 * logged["length-loss"],
+    assert loss.item() == pytest.approx(logged["word_ins-loss"] + 0.1 * logged["length-loss"],
                                         rel=1e-5)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -180,10 +196,11 @@ def test_bad_input_is_refused_with_the_argument_named(data_bin):
         build(data_bin, "--criterion", "reloss_nat", "--reloss-checkpoint", "nope")
     with pytest.raises(ValueError, match="--reloss-checkpoint 'cls'.*translation \\('nat'\\)"):
         build(data_bin, "--criterion", "reloss_nat", "--reloss-checkpoint", "cls")
-    with pytest.raises(ValueError, match="'--reloss-weight' should be a number >= 0"):
+    with pytest.raises(ValueError, match="'--reloss-weight' should be a finite number >= 0"):
         build(data_bin, "--criterion", "reloss_nat", "--reloss-weight", "-1")
-    with pytest.raises(ValueError, match="both 0"):
-        build(data_bin, "--criterion", "reloss_nat", "--reloss-weight", "0")
+    with pytest.raises(ValueError, match="'--reloss-weight' is 0: there would be no word-ins"):
+        build(data_bin, "--criterion", "reloss_nat", "--reloss-weight", "0",
+              "--reloss-ce-weight", "1")
     task, model, criterion = build(data_bin, "--criterion", "reloss_nat")
     sample = batch(task)
     vocabulary = len(task.target_dictionary)
@@ -216,6 +233,7 @@ def trained(data_bin, save_dir, *extra):
     return output, [tuple(float(v) for v in record) for record in records]
 
 
+@pytest.mark.slow
 def test_train_generate_resume_and_switch_back_to_nat_loss(data_bin, tmp_path):
     save = tmp_path / "reloss"
     output, records = trained(data_bin, save, "--max-update", "4")
@@ -247,6 +265,7 @@ def test_train_generate_resume_and_switch_back_to_nat_loss(data_bin, tmp_path):
     assert "Loaded checkpoint" in switched and "num_updates 2" in switched
 
 
+@pytest.mark.slow
 def test_two_worker_cpu_distributed_run(data_bin, tmp_path):
     output = run(["bash", os.path.join(ROOT, "tools", "fairseq_dist_train.sh"), "2", data_bin,
                   *TRAIN, "--save-dir", str(tmp_path), "--criterion", "reloss_nat", "--user-dir",
@@ -258,6 +277,7 @@ def test_two_worker_cpu_distributed_run(data_bin, tmp_path):
     assert (tmp_path / "checkpoint_last.pt").exists()
 
 
+@pytest.mark.slow
 def test_errors_come_before_training_with_the_cli(data_bin, tmp_path):
     code, output = run(["fairseq-train", data_bin, *AUTOREGRESSIVE, "--save-dir", str(tmp_path),
                         "--criterion", "reloss_nat", "--user-dir", USER_DIR, "--arch",
@@ -270,6 +290,7 @@ def test_errors_come_before_training_with_the_cli(data_bin, tmp_path):
     assert code != 0 and "--reloss-checkpoint" in output and "missing.pt" in output
 
 
+@pytest.mark.slow
 def test_official_nat_base_command_runs_with_only_the_criterion_changed(data_bin, tmp_path):
     """projects/wmt16_enro_nat/train.sh: fairseq's NAT recipe, the model shrunk."""
     project = os.path.join(ROOT, "projects", "wmt16_enro_nat")
@@ -282,11 +303,11 @@ def test_official_nat_base_command_runs_with_only_the_criterion_changed(data_bin
     assert re.search(r"BLEU4 = [\d.]+", evaluated)
 
 
+@pytest.mark.slow
 def test_nat_proxy_runs_end_to_end(tmp_path, capsys):
     """tools/nat_proxy.py, a few updates: corpus, fairseq-preprocess, two fairseq-train runs at
     once, fairseq-generate with predicted lengths over the whole test set, the table."""
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import nat_proxy
+    from tools import nat_proxy
 
     out = tmp_path / "proxy"
     runs = nat_proxy.main(["--out", str(out), "--seeds", "1", "--updates", "4"])
@@ -297,4 +318,35 @@ def test_nat_proxy_runs_end_to_end(tmp_path, capsys):
     assert (out / "results.md").exists() and (out / "curves.png").exists()
     with pytest.raises(SystemExit):
         nat_proxy.main(["--out", str(out)])
-    assert "already exists" in capsys.readouterr().err
+    assert f"--out {out} already holds results.md" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_user_dir_from_an_installed_wheel_trains(built_wheel, data_bin, tmp_path):
+    """A fresh environment with the wheel installed (and the host toolkits of this one): the path
+    that reloss.fairseq_user_dir() gives lies in that environment and fairseq-train accepts it."""
+    env_dir = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    python = str(env_dir / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--target", site, str(built_wheel)], check=True)
+    # The host toolkits come from this environment's site-packages, listed after the new one's;
+    # its .pth files (among them the source checkout's) are not read from there.
+    host = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p))
+    with open(os.path.join(site, "host_toolkits.pth"), "w") as f:
+        f.write(host + "\n")
+    code = "import reloss; print(reloss.__file__); print(reloss.fairseq_user_dir())"
+    located = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=tmp_path).stdout.split()
+    assert located[0].startswith(site) and located[1] == os.path.join(site, "fairseq_reloss")
+    done = subprocess.run([python, "-m", "fairseq_cli.train", data_bin, *TRAIN, "--save-dir",
+                           str(tmp_path / "save"), "--criterion", "reloss_nat", "--user-dir",
+                           located[1], "--max-update", "2", "--no-save"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    trained = r"\| train \| epoch \d+ \| loss [\d.]+ .* reloss [\d.]+"
+    assert re.search(trained, output), output[-3000:]

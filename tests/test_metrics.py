@@ -3,7 +3,8 @@ import pytest
 import sacrebleu
 import torch
 
-from reloss import metrics, samplers
+from reloss import metrics
+from reloss.tasks import cls, nat, pose
 
 
 def seeded(seed):
@@ -203,24 +204,24 @@ def test_chunk_accuracy_rejects_a_wrong_label_shape(labels):
 
 def test_task_metrics_give_one_value_per_chunk():
     generator = seeded(2)
-    logits, labels = samplers.sample_classification(6, 16, 10, generator=generator)
-    accuracy = metrics.classification_metric(logits, labels)
+    logits, labels = cls.sample_classification(6, 16, 10, generator=generator)
+    accuracy = cls.classification_metric(logits, labels)
     assert accuracy.shape == (6,) and accuracy.dtype == torch.float64
     torch.testing.assert_close(accuracy, metrics.chunk_accuracy(logits, labels).double())
 
-    heatmaps, targets, weights = samplers.sample_pose(5, 4, 6, generator=generator)
-    pck = metrics.pose_metric(heatmaps, targets, weights)
+    heatmaps, targets, weights = pose.sample_pose(5, 4, 6, generator=generator)
+    pck = pose.pose_metric(heatmaps, targets, weights)
     assert pck.shape == (5,) and pck.dtype == torch.float64
     torch.testing.assert_close(pck, metrics.pck_accuracy(heatmaps, targets, weights > 0).double())
 
-    logits, targets, weights = samplers.sample_sequences(4, 3, 60, generator=generator)
-    bleu = metrics.sequence_metric(logits, targets, weights)
+    logits, targets, weights = nat.sample_sequences(4, 3, 60, generator=generator)
+    bleu = nat.sequence_metric(logits, targets, weights)
     assert bleu.shape == (4,) and bleu.dtype == torch.float64
     assert bool(((bleu >= 0) & (bleu <= 100)).all())
 
 
 def test_sequence_metric_equals_mean_sacrebleu():
-    logits, targets, weights = samplers.sample_sequences(5, 4, 100, generator=seeded(3))
+    logits, targets, weights = nat.sample_sequences(5, 4, 100, generator=seeded(3))
     hypotheses = logits.argmax(-1)
     expected = []
     for s in range(5):
@@ -231,14 +232,14 @@ def test_sequence_metric_equals_mean_sacrebleu():
             ref = " ".join(map(str, targets[s, n][keep].tolist()))
             scores.append(sacrebleu.sentence_bleu(hyp, [ref]).score)
         expected.append(sum(scores) / len(scores))
-    bleu = metrics.sequence_metric(logits, targets, weights)
+    bleu = nat.sequence_metric(logits, targets, weights)
     torch.testing.assert_close(bleu, torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
     assert float(bleu.max() - bleu.min()) > 1
 
 
 @pytest.mark.parametrize("classes", [10, 100, 1000])
 def test_classification_sampler_spreads_accuracy(classes):
-    logits, labels = samplers.sample_classification(300, 128, classes, generator=seeded(4))
+    logits, labels = cls.sample_classification(300, 128, classes, generator=seeded(4))
     assert logits.shape == (300, 128, classes) and labels.shape == (300, 128)
     accuracy = metrics.chunk_accuracy(logits, labels)
     assert float(accuracy.min()) < 0.2
@@ -249,11 +250,11 @@ def test_classification_sampler_spreads_accuracy(classes):
 
 @pytest.mark.parametrize("size", [(64, 48), (96, 72)])
 def test_pose_sampler_spreads_pck(size):
-    heatmaps, targets, weights = samplers.sample_pose(40, 8, heatmap_size=size,
+    heatmaps, targets, weights = pose.sample_pose(40, 8, heatmap_size=size,
                                                       generator=seeded(5))
     assert heatmaps.shape == targets.shape == (40, 8, 17) + size
     assert weights.shape == (40, 8, 17)
-    pck = metrics.pose_metric(heatmaps, targets, weights)
+    pck = pose.pose_metric(heatmaps, targets, weights)
     assert float(pck.min()) < 0.5
     assert float(pck.max()) > 0.9
     invisible = weights == 0
@@ -263,18 +264,18 @@ def test_pose_sampler_spreads_pck(size):
 
 
 def test_sequence_sampler_spreads_bleu_and_pads_on_the_right():
-    logits, targets, weights = samplers.sample_sequences(400, generator=seeded(6))
+    logits, targets, weights = nat.sample_sequences(400, generator=seeded(6))
     assert logits.shape[:3] == targets.shape == weights.shape and targets.shape[:2] == (400, 1)
-    bleu = metrics.sequence_metric(logits, targets, weights)
+    bleu = nat.sequence_metric(logits, targets, weights)
     assert float(bleu.min()) == 0.0
     assert float(bleu.max()) > 80
 
     targets, weights = targets[:, 0], weights[:, 0]
-    is_pad = targets == samplers.PAD
+    is_pad = targets == nat.PAD
     torch.testing.assert_close(weights, (~is_pad).float())
     assert bool(is_pad.any())
     assert not bool((is_pad[:, :-1] & ~is_pad[:, 1:]).any())  # nothing after padding
-    assert bool((targets[~is_pad] >= samplers.FIRST_TOKEN).all())
+    assert bool((targets[~is_pad] >= nat.FIRST_TOKEN).all())
 
     hypotheses = logits[:, 0].argmax(-1)
     both = ~is_pad[:, :-1] & ~is_pad[:, 1:]
@@ -283,9 +284,9 @@ def test_sequence_sampler_spreads_bleu_and_pads_on_the_right():
 
 
 @pytest.mark.parametrize("sampler, arguments", [
-    (samplers.sample_classification, (5, 8, 10)),
-    (samplers.sample_pose, (3, 2, 4, (16, 12))),
-    (samplers.sample_sequences, (4, 2, 50)),
+    (cls.sample_classification, (5, 8, 10)),
+    (pose.sample_pose, (3, 2, 4, (16, 12))),
+    (nat.sample_sequences, (4, 2, 50)),
 ])
 def test_samplers_are_deterministic(sampler, arguments):
     first = sampler(*arguments, generator=seeded(7))

@@ -12,13 +12,10 @@ from mmpretrain.registry import MODELS  # noqa: E402
 
 import reloss  # noqa: E402
 import reloss.mmpretrain  # noqa: E402,F401  (registers ReLossCls, ResNetCIFARPaper)
-from reloss import samplers  # noqa: E402
+from reloss.predictions import load_predictions  # noqa: E402
+from tools import collect_predictions, train  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import collect_predictions  # noqa: E402
-import train  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -162,8 +159,8 @@ def test_bad_checkpoint_is_refused(checkpoint, error, message):
 
 def test_truncated_checkpoint_is_refused(tmp_path):
     path = tmp_path / "broken.pt"
-    path.write_bytes(open(reloss.checkpoint.MANIFEST.replace("manifest.json", "cls.pt"),
-                          "rb").read()[:100])
+    with open(reloss.checkpoint.MANIFEST.replace("manifest.json", "cls.pt"), "rb") as f:
+        path.write_bytes(f.read()[:100])
     with pytest.raises(ValueError, match=r"broken.pt"):
         MODELS.build(dict(type="ReLossCls", checkpoint=str(path)))
 
@@ -191,13 +188,8 @@ def test_resume_restores_training_and_keeps_the_surrogate(image_root, tmp_path):
                          "--cfg-options", "train_cfg.max_epochs=2"])
     assert runner.train_loop.epoch == 2
     assert os.path.exists(os.path.join(work, "epoch_2.pth"))
-    import importlib.util
+    from tools import test as test_tool
 
-    # tools/test.py, loaded by path: the name 'test' is also the standard library's.
-    spec = importlib.util.spec_from_file_location("reloss_test_tool",
-                                                  os.path.join(ROOT, "tools", "test.py"))
-    test_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(test_tool)
     metrics = test_tool.main([config, os.path.join(work, "epoch_2.pth"),
                               "--work-dir", str(tmp_path / "test")])
     assert 0 <= metrics["accuracy/top1"] <= 100
@@ -223,6 +215,7 @@ class SaveSurrogate(Hook):
 """
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_keeps_the_surrogate_identical(image_root, tmp_path):
     import subprocess
 
@@ -280,7 +273,7 @@ def test_collect_predictions_feeds_pretraining(image_root, tmp_path, capsys):
                                      "--out", str(out), "--group", "1"])
     assert data["logits"].shape == (20, 10) and data["labels"].shape == (20,)
     assert "wrote 20 predictions of 10 classes" in capsys.readouterr().out
-    chunks = samplers.load_predictions(str(out), "cls", 8, torch.Generator().manual_seed(0))
+    chunks = load_predictions(str(out), "cls", 8, torch.Generator().manual_seed(0))
     assert [tuple(pred.shape) for pred, _, _ in chunks] == [(2, 8, 10)]  # 20 -> 2 chunks of 8
     with pytest.raises(SystemExit):
         collect_predictions.main([config, str(tmp_path / "run" / "epoch_1.pth"),
@@ -288,8 +281,9 @@ def test_collect_predictions_feeds_pretraining(image_root, tmp_path, capsys):
     assert "pass --force" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_trains_both_losses_and_prints_the_table(tmp_path, capsys):
-    import demo_digits
+    from tools import demo_digits
 
     out = tmp_path / "demo"
     result = demo_digits.main(["--out", str(out), "--seeds", "1", "--epochs", "1"])

@@ -1,12 +1,8 @@
-import sys
-from pathlib import Path
-
 import pytest
 import sacrebleu
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from reference import nat  # noqa: E402
+from tools.reference import nat
 
 
 def test_corpus_bleu_matches_sacrebleu():

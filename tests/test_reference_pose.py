@@ -1,15 +1,9 @@
 """The pose reference task of tools/benchmark_training.py: its data, its loss and its CLI."""
-import os
-import sys
-
 import pytest
 import torch
 
-from reloss import samplers
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-
-from reference import pose  # noqa: E402
+from reloss.predictions import load_predictions
+from tools.reference import pose
 
 
 def test_data_are_fixed_and_well_formed():
@@ -47,7 +41,7 @@ def test_stored_predictions_follow_the_schema(tmp_path, monkeypatch):
     monkeypatch.setattr(pose, "run", fake_run)
     path = tmp_path / "predictions.pt"
     pose.store_predictions(str(path), pose.original_loss, [0], count=16)
-    chunks = samplers.load_predictions(str(path), "pose", 8)
+    chunks = load_predictions(str(path), "pose", 8)
     assert len(chunks) == 10  # a group per snapshot, of 16 images: two chunks of 8
     assert chunks[0][0].shape == (2, 8, 5, pose.HEATMAP, pose.HEATMAP)
 

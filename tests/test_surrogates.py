@@ -2,8 +2,10 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from reloss.samplers import PAD, gaussian_heatmaps
-from reloss.surrogates import ClassificationSurrogate, PoseSurrogate, SequenceSurrogate, Surrogate
+from reloss.surrogate import Surrogate
+from reloss.tasks.cls import ClassificationSurrogate
+from reloss.tasks.nat import PAD, SequenceSurrogate
+from reloss.tasks.pose import PoseSurrogate, gaussian_heatmaps
 
 
 def seeded(seed):
@@ -461,7 +463,7 @@ def test_classification_has_nothing_to_game():
 def test_classification_soft_labels_over_every_class_equal_the_nonzero_ones():
     """On a GPU soft labels are evaluated over every class (counting the non-zero ones would
     wait for the device); zero labels must contribute nothing."""
-    from reloss.surrogates import _FrozenClassificationLoss
+    from reloss.tasks.cls import _FrozenClassificationLoss
 
     surrogate = fresh(ClassificationSurrogate).double().requires_grad_(False)
     logits, labels, _ = classification_batch()

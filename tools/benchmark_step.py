@@ -1,6 +1,6 @@
 """Training-step time of a model with ReLoss against the loss it replaces, in one run.
 
-    python tools/benchmark_step.py [--task cls|pose|nat] [--batch N] [--steps 20]
+    python -m tools.benchmark_step [--task cls|pose|nat] [--batch N] [--steps 20]
                                    [--device cpu|cuda] [--amp bf16|fp16] [--tokens 32]
 
 'cls': the ReLoss paper's CIFAR ResNet-56 (``ResNetCIFARPaper``, 32x32 inputs) as an mmpretrain
@@ -144,7 +144,7 @@ def pose_case(args, device):
     from mmengine.structures import InstanceData, PixelData
     from mmpose.structures import PoseDataSample
 
-    from reloss.samplers import gaussian_heatmaps
+    from reloss.tasks.pose import gaussian_heatmaps
 
     losses = {"MSE": dict(type="KeypointMSELoss", use_target_weight=True),
               "ReLossPose": dict(type="ReLossPose", use_target_weight=True)}

@@ -1,10 +1,10 @@
 """Is a surrogate worth training with? Train small reference models from scratch with the original
 loss, with the surrogate alone and with the two mixed, on the same seeds, and compare.
 
-    python tools/benchmark_training.py --task cls
-    python tools/benchmark_training.py --task pose --checkpoint work_dirs/my_pose/surrogate.pt
-    python tools/benchmark_training.py --task nat --seeds 3 --quick
-    python tools/benchmark_training.py --task nat --label-smoothing 0.1
+    python -m tools.benchmark_training --task cls
+    python -m tools.benchmark_training --task pose --checkpoint work_dirs/my_pose/surrogate.pt
+    python -m tools.benchmark_training --task nat --seeds 3 --quick
+    python -m tools.benchmark_training --task nat --label-smoothing 0.1
 
 Every arm trains the same model from the same initialisation on the same data order (one seed
 each); only the loss differs:
@@ -12,7 +12,8 @@ each); only the loss differs:
 - original: the loss the surrogate replaces (cross-entropy, heatmap MSE, token cross-entropy);
 - surrogate: the surrogate alone;
 - mixed: ``w * original + surrogate``, with w the weight the toolkit adapters use by default
-  (``reloss.surrogates.DEFAULT_ORIGINAL_WEIGHT``; ``--original-weight`` overrides it).
+  (the task's ``default_original_weight`` in ``reloss.tasks``; ``--original-weight`` overrides
+  it).
 
 For 'nat', ``--label-smoothing E`` smooths the original loss as fairseq's ``nat_loss`` does and the
 surrogate as ``reloss_nat`` does (``(1 - E) loss + E mean_k(-log p(k))``), in every arm.
@@ -20,43 +21,39 @@ surrogate as ``reloss_nat`` does (``(1 - E) loss + E mean_k(-log p(k))``), in ev
 The reference tasks (tools/reference/) need no download: 'cls' is a small CNN on scikit-learn's
 digits, with clean labels and with 40% of the training labels flipped; 'pose' a small heatmap
 model on generated keypoint images; 'nat' a small non-autoregressive transformer on a generated
-parallel corpus, decoded with predicted lengths. Prints the table (final metric, worst seed, the
-metric after the first 10% of training, collapsed seeds, the surrogate's share of the gradient in
-the mixed arm, the loss-alone forward + backward time against the original loss) and writes
-results.json, results.md and curves.png to --out.
+parallel corpus, decoded with predicted lengths. Prints a progress bar per run, then the table
+(final metric, worst seed, each arm against the original loss seed by seed: the paired
+difference, its mean and standard error; the metric after the first 10% of training, collapsed
+seeds, the surrogate's share of the gradient in the mixed arm, the loss-alone forward + backward
+time against the original loss) and writes results.json (with provenance), results.md and
+curves.png to --out.
 """
-import argparse
 import importlib
-import json
 import math
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 
 import torch
 
 import reloss
-from reloss.surrogates import DEFAULT_ORIGINAL_WEIGHT, SURROGATES
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reloss.tasks import TASKS, get_task
+from tools import experiment
 
 ARMS = ("original", "surrogate", "mixed")
-OUTPUTS = ("results.json", "results.md", "curves.png")
 SHARE_EVERY = 5  # measure the gradient share on every 5th step of the mixed arm
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2])
-    parser.add_argument("--task", required=True, choices=sorted(SURROGATES))
+def build_parser():
+    parser = experiment.parser(__doc__, "benchmark_training", seeds=5,
+                               out="work_dirs/benchmark_training/TASK",
+                               module="tools.benchmark_training")
+    parser.set_defaults(out=None)
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
     parser.add_argument("--checkpoint", help="shipped surrogate name or checkpoint path "
                                              "(default: the shipped one for --task)")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per arm (default 5)")
-    parser.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
+    parser.add_argument("--quick", action="store_true", help="short runs, for checks and tests")
     parser.add_argument("--original-weight", type=float, metavar="W",
                         help="weight of the original loss in the mixed arm (default: the "
                              "adapters' default for --task, or 1 where that is 0)")
@@ -65,13 +62,14 @@ def parse_args(argv=None):
                         help="nat: smooth token cross-entropy as fairseq's nat_loss does and the "
                              "surrogate as reloss_nat does, (1 - E) loss + E mean_k(-log p(k)) "
                              "(default 0)")
-    parser.add_argument("--out", help="output folder (default work_dirs/benchmark_training/TASK)")
-    parser.add_argument("--force", action="store_true", help="replace outputs already in --out")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: small models run fastest that way)")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds should be a positive number of seeds but got {args.seeds}")
     if args.threads < 1:
         parser.error(f"--threads should be at least 1 but got {args.threads}")
     if args.original_weight is not None and not (math.isfinite(args.original_weight)
@@ -82,10 +80,7 @@ def parse_args(argv=None):
         parser.error(f"--label-smoothing should be in [0, 1), and is for --task nat only, but "
                      f"got {args.label_smoothing} with --task {args.task}")
     args.out = args.out or os.path.join("work_dirs", "benchmark_training", args.task)
-    present = [name for name in OUTPUTS if os.path.exists(os.path.join(args.out, name))]
-    if present and not args.force:
-        parser.error(f"--out {args.out} already holds {', '.join(present)}; pass --force to "
-                     f"replace them")
+    experiment.check_args(parser, args, experiment.RESULTS)
     checkpoint = args.checkpoint or args.task
     try:
         surrogate = reloss.load_surrogate(checkpoint)
@@ -94,7 +89,7 @@ def parse_args(argv=None):
     if surrogate.task != args.task:
         parser.error(f"--checkpoint {checkpoint!r} is a '{surrogate.task}' surrogate but --task "
                      f"is '{args.task}'")
-    default_weight = DEFAULT_ORIGINAL_WEIGHT[args.task]
+    default_weight = get_task(args.task).default_original_weight
     if args.original_weight is None:
         args.original_weight = default_weight or 1.0
     args.default_arm = "mixed" if default_weight > 0 else "surrogate"
@@ -172,9 +167,11 @@ def summarise(finals, firsts, chance, reference):
 
 
 def table(results, task_module, args, timings):
-    lines = [f"| data | arm | final {task_module.METRIC}: mean +- std | worst seed | "
-             f"after 10% of training | collapsed seeds | surrogate's share of the gradient | "
-             f"loss time / original's |", "|---|---|---|---|---|---|---|---|"]
+    header = [
+        "data", "arm", f"final {task_module.METRIC}: mean +- std", "worst seed",
+        "minus original's, paired by seed: mean +- SE", "after 10% of training", "collapsed seeds",
+        "surrogate's share of the gradient", "loss time / original's"]
+    rows = []
     for variant, arms in results.items():
         for arm, record in arms.items():
             s = record["summary"]
@@ -183,95 +180,89 @@ def table(results, task_module, args, timings):
                 name += " (default)"
             share = record.get("gradient_share")
             ratio = timings[arm] / timings["original"] if "original" in timings else None
-            lines.append(
-                f"| {variant} | {name} | {s['mean']:.3f} +- {s['std']:.3f} | {s['worst']:.3f} | "
-                f"{s['first_tenth']:.3f} | {s['collapsed']}/{s['seeds']} | "
-                f"{'-' if share is None else f'{share:.2f}'} | "
-                f"{'-' if ratio is None else f'{ratio:.2f}'} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(path, results, task_module, title):
-    from curves import plot_seeds, pyplot
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.8), squeeze=False)
-    for ax, (variant, arms) in zip(axes[0], results.items(), strict=True):
-        for arm, record in arms.items():
-            runs = record["runs"]
-            plot_seeds(ax, [x for x, _ in runs[0]["curve"]],
-                       [[value for _, value in run["curve"]] for run in runs], arm)
-        ax.set_title(f"{variant}", fontsize=10)
-        ax.set_xlabel("fraction of training")
-        ax.set_ylabel(task_module.METRIC)
-        ax.legend(fontsize=8)
-    fig.suptitle(title + " (mean of seeds, band: min to max)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+            paired = record.get("paired")
+            rows.append([
+                variant, name, f"{s['mean']:.3f} +- {s['std']:.3f}", f"{s['worst']:.3f}",
+                "-" if paired is None else paired.format(3), f"{s['first_tenth']:.3f}",
+                f"{s['collapsed']}/{s['seeds']}", "-" if share is None else f"{share:.2f}",
+                "-" if ratio is None else f"{ratio:.2f}"])
+    return experiment.markdown_table(header, rows)
 
 
 def main(argv=None):
     args, surrogate = parse_args(argv)
     torch.set_num_threads(args.threads)
-    task = importlib.import_module(f"reference.{args.task}")
+    task = importlib.import_module(f"tools.reference.{args.task}")
     functions = loss_functions(task, surrogate, args.original_weight, args.label_smoothing)
     started = time.time()
     print(f"[reloss] benchmark_training --task {args.task}: surrogate "
           f"{args.checkpoint or args.task} (sha256 {surrogate.sha256[:12]}...), arms "
-          f"{', '.join(args.arms)}, {args.seeds} seed(s), variants {', '.join(task.VARIANTS)}"
+          f"{', '.join(args.arms)}, {args.seeds} seed(s), data {', '.join(task.VARIANTS)}"
           f"{' (quick)' if args.quick else ''}", flush=True)
     results = {}
     for variant in task.VARIANTS:
+        if len(task.VARIANTS) > 1:
+            print(f"[reloss] data '{variant}':", flush=True)
+
+        def train(run, bar, variant=variant):
+            fn = functions[run.arm]
+            if isinstance(fn, MixedLoss):
+                fn.shares = []
+            bar.reset(total=100)
+            t0 = time.time()
+            result = task.run(variant, fn, run.seed, quick=args.quick,
+                              progress=lambda done: bar.update(round(100 * done) - bar.n))
+            result["seed"] = run.seed
+            result["seconds"] = round(time.time() - t0, 2)
+            if isinstance(fn, MixedLoss) and fn.shares:
+                result["gradient_share"] = statistics.fmean(fn.shares)
+            return result
+
+        by_arm = experiment.run_all(experiment.runs(args.arms, experiment.seeds(args)), train,
+                                    lambda r: f"{r['final']:.3f}")
         results[variant] = {}
-        for arm in args.arms:
-            fn = functions[arm]
-            runs, shares = [], []
-            for seed in range(args.seeds):
-                if isinstance(fn, MixedLoss):
-                    fn.shares = []
-                t0 = time.time()
-                run = task.run(variant, fn, seed, quick=args.quick)
-                run["seconds"] = round(time.time() - t0, 2)
-                runs.append(run)
-                if isinstance(fn, MixedLoss) and fn.shares:
-                    shares.append(statistics.fmean(fn.shares))
-                print(f"[reloss] {variant} / {arm} / seed {seed}: {run['final']:.3f} "
-                      f"({run['seconds']:.1f} s)", flush=True)
+        for arm, runs in by_arm.items():
+            shares = [run.pop("gradient_share") for run in runs if "gradient_share" in run]
             results[variant][arm] = dict(
                 runs=runs, gradient_share=statistics.fmean(shares) if shares else None)
         originals = [r["final"] for r in results[variant].get("original", {}).get("runs", [])
                      if math.isfinite(r["final"])]
         reference = statistics.fmean(originals) if originals else None
-        for record in results[variant].values():
+        for arm, record in results[variant].items():
             finals = [r["final"] for r in record["runs"]]
             firsts = [c[1] for r in record["runs"] for c in r["curve"] if abs(c[0] - 0.1) < 1e-9]
             record["summary"] = summarise(finals, firsts, task.CHANCE, reference)
+            if arm != "original" and "original" in results[variant]:
+                record["paired"] = experiment.paired(
+                    {r["seed"]: r["final"] for r in results[variant]["original"]["runs"]},
+                    {r["seed"]: r["final"] for r in record["runs"]})
     timings = time_losses(task, {arm: functions[arm] for arm in ("original", *args.arms)})
     seconds = time.time() - started
 
-    os.makedirs(args.out, exist_ok=True)
     text = table(results, task, args, timings)
+    for arms in results.values():
+        for record in arms.values():
+            if "paired" in record:
+                record["paired"] = record["paired"].as_dict()
     title = f"task '{args.task}', surrogate {args.checkpoint or args.task}"
-    plot(os.path.join(args.out, "curves.png"), results, task, title)
+    experiment.plot_seeds(os.path.join(args.out, "curves.png"), [
+        experiment.Panel("fraction of training", task.METRIC, {
+            arm: ([x for x, _ in record["runs"][0]["curve"]],
+                  [[value for _, value in run["curve"]] for run in record["runs"]])
+            for arm, record in arms.items()}, title=variant)
+        for variant, arms in results.items()], title)
     timing_line = ("loss alone, forward + backward, median ms: " + ", ".join(
         f"{arm} {ms:.3f}" for arm, ms in timings.items()) + f" ({platform.machine()}, "
         f"{torch.get_num_threads()} thread(s))")
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n" + timing_line + "\n")
     record = dict(task=args.task, checkpoint=args.checkpoint or args.task,
                   sha256=surrogate.sha256, metric=task.METRIC, chance=task.CHANCE,
                   original_weight=args.original_weight, default_arm=args.default_arm,
-                  label_smoothing=args.label_smoothing,
-                  seeds=args.seeds, quick=args.quick, results=results, loss_ms=timings,
-                  seconds=round(seconds, 1),
-                  command="python tools/benchmark_training.py " + shlex.join(
-                      argv if argv is not None else sys.argv[1:]),
-                  machine=f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
-                  versions=dict(reloss=reloss.__version__, torch=torch.__version__))
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
+                  label_smoothing=args.label_smoothing, seeds=args.seeds,
+                  first_seed=args.first_seed, quick=args.quick, results=results,
+                  loss_ms=timings, seconds=round(seconds, 1),
+                  provenance=experiment.provenance("benchmark_training", argv,
+                                                   surrogates=[args.checkpoint or args.task]))
+    experiment.write_results(args.out, text + "\n" + timing_line + "\n", record)
     print()
     print(text)
     print(timing_line)

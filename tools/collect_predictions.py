@@ -1,11 +1,12 @@
 """Run a trained mmpretrain model over a dataset split and store its predictions for
-``tools/pretrain_surrogate.py --data`` (the stored-predictions schema of reloss/samplers.py).
+``tools/pretrain_surrogate.py --data`` (the stored-predictions schema of reloss/predictions.py).
 
-    python tools/collect_predictions.py CONFIG CHECKPOINT --out preds.pt [--split val|test|train]
-                                        [--group N] [--force]
+    python -m tools.collect_predictions CONFIG CHECKPOINT --out preds.pt
+                                        [--split val|test|train] [--group N] [--force]
 
-The paper learns its surrogate from a model's own predictions: train with cross-entropy, collect,
-pretrain, then train with the new surrogate (README, "Your own surrogate from your own model").
+The paper learns its surrogate from a model's own predictions: train with cross-entropy, collect
+the predictions of its checkpoints with this tool, pretrain a surrogate on them
+(``tools/pretrain_surrogate.py --data``), then train with the new surrogate.
 ``--group`` tags every prediction (e.g. with the epoch of CHECKPOINT) so that chunks never mix
 snapshots when several files are combined.
 """

@@ -1,7 +1,7 @@
 """The main demo: train a classifier through mmengine's Runner with cross-entropy and with
 ReLossCls, on real images that ship with scikit-learn (no download), and compare.
 
-    python tools/demo_digits.py [--out DIR] [--seeds 3] [--epochs 12]
+    python -m tools.demo_digits [--out DIR] [--seeds 3] [--first-seed 0] [--epochs 15] [--force]
 
 scikit-learn's digits (1,797 8x8 images of handwritten digits) are written as PNG files in
 mmpretrain's CustomDataset layout (two thirds for training, one third for validation). For each
@@ -9,25 +9,21 @@ loss and seed, ``tools/train.py`` trains the ReLoss paper's ResNet-20 for CIFAR 
 initialisation and data order, validating and saving a checkpoint every epoch. Then the
 predictions of every saved checkpoint on the validation images are cut into chunks of 128 and each
 loss is scored by how well it ranks them: Spearman(-loss, accuracy) over chunks, the quantity the
-surrogate was learned to maximise. Prints the table and writes it, with the validation curves
-(curves.png), to DIR.
+surrogate was learned to maximise. ReLossCls is compared with cross-entropy seed by seed (the
+paired difference, its mean and standard error). Prints a progress bar per run and the table;
+writes the table (results.md), the figures and provenance (results.json), the validation curves
+(curves.png) and each run's config, checkpoints and logs (console.log) to DIR.
 """
-import json
 import os
-import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tools import collect_predictions, experiment
 
-import collect_predictions  # noqa: E402
-import curves as curves_plot  # noqa: E402
-import train  # noqa: E402
-
-LOSSES = {"cross-entropy": "dict(type='CrossEntropyLoss')", "ReLossCls": "dict(type='ReLossCls')"}
+ARMS = {"cross-entropy": "dict(type='CrossEntropyLoss')", "ReLossCls": "dict(type='ReLossCls')"}
+BASELINE = "cross-entropy"
 
 CONFIG = """
 _base_ = 'mmpretrain::resnet/resnet18_8xb16_cifar10.py'
@@ -70,7 +66,7 @@ def write_digits(root):
 
 def validation_curve(work_dir):
     """[(epoch, top-1 accuracy %)] from the Runner's scalar log."""
-    records = train.logged_scalars(work_dir, "accuracy/top1")
+    records = experiment.mmengine_scalars(work_dir, "accuracy/top1")
     return [(record["step"], record["accuracy/top1"]) for record in records]
 
 
@@ -79,7 +75,8 @@ def ranking(config, work_dir, epochs, surrogate):
     all epochs, for cross-entropy and the surrogate."""
     from mmengine.config import Config
 
-    from reloss import pretrain, samplers
+    from reloss import get_task, pretrain
+    from reloss.predictions import load_predictions
 
     cfg = Config.fromfile(config)
     logits, labels, groups = [], [], []
@@ -90,86 +87,101 @@ def ranking(config, work_dir, epochs, surrogate):
     path = os.path.join(work_dir, "val_predictions.pt")
     torch.save(dict(task="cls", logits=torch.cat(logits), labels=torch.cat(labels),
                     group=torch.cat(groups)), path)
-    chunks = samplers.load_predictions(path, "cls", 128, torch.Generator().manual_seed(0))
+    chunks = load_predictions(path, "cls", 128, torch.Generator().manual_seed(0))
     data = pretrain.prepare_batches(surrogate, "cls", chunks)
-    figures = pretrain.evaluate(surrogate, data, pretrain.TASKS["cls"].band)
+    figures = pretrain.evaluate(surrogate, data, get_task("cls").band)
     return {"cross-entropy": figures["baseline"]["full"],
             "ReLossCls": figures["surrogate"]["full"], "chunks": figures["baseline"]["chunks"]}
 
 
-def plot(path, curves):
-    plt = curves_plot.pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+def build_parser():
+    parser = experiment.parser(__doc__, "demo", seeds=3, module="tools.demo_digits")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs per run (default 15)")
+    return parser
+
+
+def table(curves, rankings):
+    """The results table: a row per loss, final accuracy against cross-entropy's seed by seed."""
+    header = ["loss", "final val accuracy (%), mean +- std", "worst seed", "after epoch 1",
+              f"minus {BASELINE}'s, paired by seed: mean +- SE",
+              "Spearman(-loss, accuracy) on its models' chunks: cross-entropy / ReLossCls"]
+    finals = {name: {run["seed"]: run["curve"][-1][1] for run in runs}
+              for name, runs in curves.items()}
+    rows, paired = [], {}
     for name, runs in curves.items():
-        curves_plot.plot_seeds(ax, [epoch for epoch, _ in runs[0]],
-                               [[acc for _, acc in run] for run in runs], name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation top-1 accuracy (%)")
-    ax.set_title("ResNet-20 on scikit-learn digits (mean of seeds, band: min to max)",
-                 fontsize=10)
-    ax.legend()
-    curves_plot.save(plt, fig, path)
+        if name != BASELINE:
+            paired[name] = experiment.paired(finals[BASELINE], finals[name])
+        ce = np.mean([r["cross-entropy"] for r in rankings[name]])
+        ours = np.mean([r["ReLossCls"] for r in rankings[name]])
+        rows.append([name, experiment.mean_std(finals[name].values()),
+                     f"{min(finals[name].values()):.2f}",
+                     f"{np.mean([run['curve'][0][1] for run in runs]):.2f}",
+                     paired[name].format() if name in paired else "-",
+                     f"{ce:.3f} / {ours:.3f}"])
+    return experiment.markdown_table(header, rows), paired
 
 
 def main(argv=None):
-    parser = curves_plot.experiment_parser(__doc__, "demo")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.epochs < 1:
-        parser.error(f"--seeds and --epochs should be positive but got {args.seeds} and "
-                     f"{args.epochs}")
-    curves_plot.refuse_existing(parser, args.out)
+    if args.epochs < 1:
+        parser.error(f"--epochs should be positive but got {args.epochs}")
+    all_runs = experiment.runs(ARMS, experiment.seeds(args))
+    outputs = [*experiment.RESULTS, "data"] + [name for run in all_runs
+                                               for name in (run.tag, f"{run.tag}.py")]
+    experiment.check_args(parser, args, outputs)
     import reloss
 
     started = time.time()
+    print(f"[reloss] ResNet-20 on scikit-learn's digits through mmengine's Runner, "
+          f"{' against '.join(ARMS)}: {args.seeds} seed(s) each, {args.epochs} epoch(s) a run",
+          flush=True)
     data = os.path.abspath(os.path.join(args.out, "data"))
     counts = write_digits(data)
-    print(f"[reloss] wrote scikit-learn's digits to {data}: {counts[0]} training and {counts[1]} "
-          f"validation images", flush=True)
-    curves = {name: [] for name in LOSSES}
-    rankings = {name: [] for name in LOSSES}
+    print(f"[reloss] wrote {counts[0]} training and {counts[1]} validation images to {data}",
+          flush=True)
     surrogate = reloss.load_surrogate("cls")
-    for seed in range(args.seeds):
-        for name, loss in LOSSES.items():
-            tag = f"{'ce' if name == 'cross-entropy' else 'reloss'}_seed{seed}"
-            config = os.path.join(args.out, f"{tag}.py")
-            with open(config, "w", encoding="utf-8") as f:
-                f.write(CONFIG.format(loss=loss, data=data, epochs=args.epochs, seed=seed))
-            work_dir = os.path.join(args.out, tag)
-            t0 = time.time()
-            train.main([config, "--work-dir", work_dir])
-            curves[name].append(validation_curve(work_dir))
-            rankings[name].append(ranking(config, work_dir, args.epochs, surrogate))
-            print(f"[reloss] {name}, seed {seed}: final accuracy {curves[name][-1][-1][1]:.2f}% "
-                  f"({time.time() - t0:.0f} s)", flush=True)
 
-    lines = ["| loss | final val accuracy (%), mean +- std | worst seed | after epoch 1 | "
-             "Spearman(-loss, accuracy) on its models' chunks: cross-entropy / ReLossCls |",
-             "|---|---|---|---|---|"]
-    for name in LOSSES:
-        finals = [run[-1][1] for run in curves[name]]
-        firsts = [run[0][1] for run in curves[name]]
-        spread = curves_plot.std(finals)
-        ce = statistics.fmean(r["cross-entropy"] for r in rankings[name])
-        ours = statistics.fmean(r["ReLossCls"] for r in rankings[name])
-        lines.append(f"| {name} | {statistics.fmean(finals):.2f} +- {spread:.2f} | "
-                     f"{min(finals):.2f} | {statistics.fmean(firsts):.2f} | "
-                     f"{ce:.3f} / {ours:.3f} |")
-    table = "\n".join(lines) + "\n"
-    plot(os.path.join(args.out, "curves.png"), curves)
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(dict(curves=curves, rankings=rankings, seeds=args.seeds, epochs=args.epochs),
-                  f, indent=1)
+    def train(run, bar):
+        config = os.path.join(args.out, f"{run.tag}.py")
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(CONFIG.format(loss=ARMS[run.arm], data=data, epochs=args.epochs,
+                                  seed=run.seed))
+        work_dir = os.path.join(args.out, run.tag)
+        experiment.train_mmengine(config, work_dir, bar, metric="accuracy/top1")
+        bar.set_postfix_str("ranking the checkpoints' predictions")
+        with experiment.quiet(os.path.join(work_dir, "console.log")):
+            return dict(seed=run.seed, curve=validation_curve(work_dir),
+                        ranking=ranking(config, work_dir, args.epochs, surrogate))
+
+    results = experiment.run_all(
+        all_runs, train, lambda r: f"final accuracy {r['curve'][-1][1]:.2f}%")
+    curves = {name: [dict(seed=r["seed"], curve=r["curve"]) for r in runs]
+              for name, runs in results.items()}
+    rankings = {name: [r["ranking"] for r in runs] for name, runs in results.items()}
+    text, paired = table(curves, rankings)
+    experiment.plot_seeds(os.path.join(args.out, "curves.png"), [experiment.Panel(
+        "epoch", "validation top-1 accuracy (%)",
+        {name: ([epoch for epoch, _ in runs[0]["curve"]],
+                [[accuracy for _, accuracy in run["curve"]] for run in runs])
+         for name, runs in curves.items()})], "ResNet-20 on scikit-learn digits")
+    heading = (f"ResNet-20 trained on scikit-learn's digits for {args.epochs} epoch(s), "
+               f"{args.seeds} seed(s) per loss (the same seeds for both):")
+    record = dict(curves=curves, rankings=rankings,
+                  paired={name: p.as_dict() for name, p in paired.items()},
+                  seeds=list(experiment.seeds(args)), epochs=args.epochs,
+                  seconds=round(time.time() - started, 1),
+                  provenance=experiment.provenance("demo_digits", argv, surrogates=["cls"],
+                                                   packages=("mmengine", "mmpretrain")))
+    experiment.write_results(args.out, heading + "\n\n" + text, record)
     print()
-    print(f"ResNet-20 trained on scikit-learn's digits for {args.epochs} epochs, {args.seeds} "
-          f"seed(s) per loss (same seeds for both):")
-    print(table)
-    print(f"[reloss] {time.time() - started:.0f} s in all. Wrote results.md, results.json, "
-          f"curves.png and the runs' work dirs to {args.out}/")
-    return dict(curves=curves, rankings=rankings)
+    print(heading)
+    print(text)
+    print(f"[reloss] {time.time() - started:.0f} s in all. Wrote results.md, results.json and "
+          f"curves.png to {args.out}/; each run's config is {args.out}/<run>.py, its checkpoints "
+          f"and full log (console.log) are in {args.out}/<run>/, e.g. {all_runs[0].tag}/")
+    return dict(curves={name: [run["curve"] for run in runs] for name, runs in curves.items()},
+                rankings=rankings, paired=paired)
 
 
 if __name__ == "__main__":

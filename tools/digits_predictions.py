@@ -2,11 +2,11 @@
 
 scikit-learn ships the digits data (1,797 8x8 images, 10 classes; no download). A 64-32-10 MLP is
 trained with cross-entropy and plain SGD on one half; its logits on the other half are stored
-after several epochs, from chance level to about 97% accuracy, in the stored-predictions schema
-of ``reloss.samplers`` (task 'cls', group = epoch), ready for
+after several epochs, from chance level to a trained model's, in the stored-predictions schema
+of ``reloss.predictions`` (task 'cls', group = epoch), ready for
 ``tools/evaluate_surrogate.py cls --data FILE`` or ``tools/pretrain_surrogate.py --data FILE``.
 
-    python tools/digits_predictions.py --out work_dirs/digits_predictions.pt
+    python -m tools.digits_predictions --out work_dirs/digits_predictions.pt
 """
 import argparse
 import os

@@ -1,25 +1,26 @@
 """Spearman of a surrogate and of the loss it replaces with the metric, on stored predictions.
 
-    python tools/evaluate_surrogate.py cls --data work_dirs/digits_predictions.pt
-    python tools/evaluate_surrogate.py DIR/surrogate.pt --data my_predictions.pt --chunk-size 64
+    python -m tools.evaluate_surrogate cls --data work_dirs/digits_predictions.pt
+    python -m tools.evaluate_surrogate DIR/surrogate.pt --data my_predictions.pt --chunk-size 64
 
-Prints Spearman(-loss, metric) over chunks of the stored predictions (schema in
-reloss/samplers.py), on all chunks and on those in the task's late-training band.
+Prints Spearman(-loss, metric) over chunks of the stored predictions (reloss/predictions.py gives
+the schema), on all chunks and on those in the task's late-training band.
 """
 import argparse
 
 import torch
-from pretrain_surrogate import table
 
 import reloss
-from reloss import pretrain, samplers
+from reloss import pretrain
+from reloss.predictions import load_predictions
+from tools.pretrain_surrogate import table
 
 
 def evaluate(surrogate, path, chunk_size=None, band=None, seed=0):
     """Figures of ``surrogate`` and of the original loss on the stored predictions at ``path``."""
-    task = pretrain.TASKS[surrogate.task]
+    task = reloss.get_task(surrogate.task)
     generator = torch.Generator().manual_seed(seed)
-    batches = samplers.load_predictions(path, task.name, chunk_size or task.chunk_size, generator)
+    batches = load_predictions(path, task.name, chunk_size or task.chunk_size, generator)
     data = pretrain.prepare_batches(surrogate, task.name, batches)
     return pretrain.evaluate(surrogate, data, band or task.band)
 
@@ -33,7 +34,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     surrogate = reloss.load_surrogate(args.surrogate)
-    task = pretrain.TASKS[surrogate.task]
+    task = reloss.get_task(surrogate.task)
     band = tuple(args.band) if args.band else task.band
     rows = [(path, evaluate(surrogate, path, args.chunk_size, band, args.seed))
             for path in args.data]

@@ -1,8 +1,8 @@
 """A translation experiment that runs on a CPU: nat_loss against reloss_nat with fairseq's own
 command-line tools.
 
-    python tools/nat_proxy.py [--out DIR] [--seeds 4] [--first-seed 0] [--updates 1600] [--jobs 2]
-                              [--criteria nat_loss reloss_nat] [--fairseq-args "..."]
+    python -m tools.nat_proxy [--out DIR] [--seeds 4] [--first-seed 0] [--updates 1600] [--jobs 2]
+                              [--criteria nat_loss reloss_nat] [--fairseq-args "..."] [--force]
 
 Writes the generated language pair of ``tools/reference/nat.py`` (words that become 0-3 target
 words, modifier phrases that move behind the next word, markers that change the next word's
@@ -12,10 +12,12 @@ translation; 6,000 training and 500 test pairs, one seed) as text, binarises it 
 a width-64, 2+2-layer model, a shorter warm-up and a higher learning rate for the few updates,
 the decoder fed a uniform copy of the source embeddings)
 and translates the test set with ``fairseq-generate`` in one pass with **predicted** lengths
-(``--iter-decode-max-iter 0``). Prints fairseq's BLEU4, the share of test sentences given the
-reference length, and the training log's length loss and token NLL at the end, and writes them
-with the training curves (curves.png) to DIR. ``--jobs`` runs that many trainings at once, one
-thread each.
+(``--iter-decode-max-iter 0``). Prints a progress bar per run, then fairseq's BLEU4 (each
+criterion against the first, seed by seed: the paired difference, its mean and standard error),
+the share of test sentences given the reference length, and the training log's length loss and
+token NLL at the end; writes them (results.md, and with provenance results.json), the training
+curves (curves.png) and each run's folder (checkpoint, train.log, generate.log) to DIR.
+``--jobs`` runs that many trainings at once, one thread each.
 """
 import json
 import os
@@ -26,10 +28,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import curves as curves_plot  # noqa: E402
-from reference import nat as reference_nat  # noqa: E402
+from tools import experiment
+from tools.reference import nat as reference_nat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(ROOT, "plugins", "fairseq_reloss")
@@ -109,13 +109,21 @@ def training_log(path):
     return records
 
 
+def updates_done(log):
+    """The last update a fairseq-train log being written reports, 0 before the first."""
+    with open(log, encoding="utf-8", errors="replace") as f:
+        done = re.findall(r'"num_updates": "?(\d+)', f.read())
+    return int(done[-1]) if done else 0
+
+
 def generate(data_bin, checkpoint, log):
     """fairseq-generate's BLEU4, the share of hypotheses of the reference's length and the number
     of sentences translated."""
     command = [bin_dir("fairseq-generate"), data_bin, "--path", checkpoint] + GENERATE.split()
     with open(log, "w", encoding="utf-8") as f:
         subprocess.run(command, check=True, stdout=f, stderr=subprocess.STDOUT)
-    text = open(log, encoding="utf-8").read()
+    with open(log, encoding="utf-8") as f:
+        text = f.read()
     bleu = re.search(r"BLEU4 = ([0-9.]+)", text)
     if bleu is None:
         raise RuntimeError(f"no BLEU4 line in {log}")
@@ -127,119 +135,129 @@ def generate(data_bin, checkpoint, log):
     return float(bleu.group(1)), same / max(len(targets), 1), len(targets)
 
 
-def plot(path, runs):
-    plt = curves_plot.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, label in zip(axes, ("nll_loss", "length"),
-                              ("token NLL (bits), training", "length loss (bits), training"),
-                              strict=True):
-        for criterion, seeds in runs.items():
-            logs = [run["log"] for run in seeds]
-            count = min(len(log) for log in logs)
-            curves_plot.plot_seeds(ax, [r["num_updates"] for r in logs[0][:count]],
-                                   [[r[key] for r in log[:count]] for log in logs], criterion)
-        ax.set_xlabel("update")
-        ax.set_ylabel(label)
-        ax.legend()
-    fig.suptitle("fairseq NAT on the generated language pair, mean of seeds (band: min to max)",
-                 fontsize=10)
-    curves_plot.save(plt, fig, path)
+def build_parser():
+    parser = experiment.parser(__doc__, "nat_proxy", seeds=4, module="tools.nat_proxy")
+    parser.add_argument("--updates", type=int, default=1600,
+                        help="training updates per run (default 1600)")
+    parser.add_argument("--jobs", type=int, default=2, help="trainings run at once (default 2)")
+    parser.add_argument("--criteria", nargs="+", default=list(CRITERIA),
+                        help="fairseq criteria to compare, the first being the baseline (each a "
+                             "--criterion value; default: nat_loss reloss_nat)")
+    parser.add_argument("--fairseq-args", default="",
+                        help="more fairseq-train arguments, for every run (quoted)")
+    return parser
+
+
+def table(runs, updates):
+    """A row per criterion: BLEU4 (against the first criterion's, seed by seed), the share of
+    sentences of the right length, the length loss and token NLL of the training log."""
+    header = ["criterion", "BLEU4, predicted length: mean +- std", "worst seed", "per seed",
+              "minus the baseline's, paired: mean +- SE", "right length",
+              "length loss, at 25% / last 10% of updates", "token NLL, last 10%"]
+
+    def logged(run, key, start, end):
+        """Mean of a logged training value over updates in (start, end] x updates."""
+        values = [r[key] for r in run["log"] if start * updates < r["num_updates"] <= end * updates]
+        return statistics.fmean(values) if values else run["log"][-1][key]
+
+    baseline = next(iter(runs))
+    bleu = {criterion: {run["seed"]: run["bleu"] for run in seeds}
+            for criterion, seeds in runs.items()}
+    rows, paired = [], {}
+    for criterion, seeds in runs.items():
+        if criterion != baseline:
+            paired[criterion] = experiment.paired(bleu[baseline], bleu[criterion])
+        bleus = list(bleu[criterion].values())
+        rows.append([
+            criterion, experiment.mean_std(bleus), f"{min(bleus):.2f}",
+            ", ".join(f"{b:.2f}" for b in bleus),
+            paired[criterion].format() if criterion in paired else "-",
+            f"{statistics.fmean(run['length_match'] for run in seeds):.1%}",
+            f"{statistics.fmean(logged(run, 'length', 0.2, 0.3) for run in seeds):.3f} / "
+            f"{statistics.fmean(logged(run, 'length', 0.9, 1) for run in seeds):.3f}",
+            f"{statistics.fmean(logged(run, 'nll_loss', 0.9, 1) for run in seeds):.3f}"])
+    return experiment.markdown_table(header, rows), paired
 
 
 def main(argv=None):
-    parser = curves_plot.experiment_parser(__doc__, "nat_proxy")
-    parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--first-seed", type=int, default=0,
-                        help="seeds run from this one (more seeds over several runs)")
-    parser.add_argument("--updates", type=int, default=1600)
-    parser.add_argument("--jobs", type=int, default=2, help="trainings run at once")
-    parser.add_argument("--criteria", nargs="+", default=list(CRITERIA),
-                        help="fairseq criteria to compare (each a --criterion value)")
-    parser.add_argument("--fairseq-args", default="",
-                        help="more fairseq-train arguments, for every run (quoted)")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("seeds", "updates", "jobs"):
+    for name in ("updates", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} should be positive but got {getattr(args, name)}")
-    if args.first_seed < 0:
-        parser.error(f"--first-seed should be >= 0 but got {args.first_seed}")
-    curves_plot.refuse_existing(parser, args.out)
+    all_runs = experiment.runs(args.criteria, experiment.seeds(args))
+    outputs = [*experiment.RESULTS, "text", "data-bin", "preprocess.log"] + [
+        run.tag for run in all_runs]
+    experiment.check_args(parser, args, outputs)
     started = time.time()
+    print(f"[reloss] fairseq's NAT (width 64, 2+2 layers) on the generated language pair, "
+          f"{' against '.join(args.criteria)}: {args.seeds} seed(s) each, {args.updates} updates "
+          f"a run, {args.jobs} at once", flush=True)
     data_bin = os.path.join(args.out, "data-bin")
     pairs = write_corpus(os.path.join(args.out, "text"))
     preprocess(os.path.join(args.out, "text"), data_bin, os.path.join(args.out, "preprocess.log"))
     print(f"[reloss] binarised {pairs[0]} training and {pairs[1]} test pairs into {data_bin}",
           flush=True)
-
-    jobs = [(criterion, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)
-            for criterion in args.criteria]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    runs = {criterion: [] for criterion in args.criteria}
-    running = []
 
-    def finish(process, criterion, seed, save_dir, log, t0):
-        if process.wait() != 0:
-            raise RuntimeError(f"fairseq-train failed for {criterion}, seed {seed}: see {log}")
+    def train(run, bar):
+        save_dir = os.path.join(args.out, run.tag)
+        os.makedirs(save_dir)
+        log = os.path.join(save_dir, "train.log")
+        command = train_command(data_bin, save_dir, run.arm, run.seed, args.updates,
+                                args.fairseq_args)
+        bar.reset(total=args.updates)
+        with open(log, "w", encoding="utf-8") as f:
+            process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
+            while process.poll() is None:
+                time.sleep(1)
+                bar.update(updates_done(log) - bar.n)
+        if process.returncode != 0:
+            raise RuntimeError(f"fairseq-train failed for {run}: see {log}")
+        bar.update(args.updates - bar.n)
+        bar.set_postfix_str("fairseq-generate")
         bleu, length_match, count = generate(data_bin,
                                              os.path.join(save_dir, "checkpoint_last.pt"),
                                              os.path.join(save_dir, "generate.log"))
         if count != pairs[1]:
             raise RuntimeError(f"fairseq-generate translated {count} of the {pairs[1]} test "
                                f"sentences: see {save_dir}/generate.log")
-        record = training_log(log)
-        runs[criterion].append(dict(seed=seed, bleu=bleu, length_match=length_match, log=record,
-                                    seconds=time.time() - t0))
-        print(f"[reloss] {criterion}, seed {seed}: BLEU4 {bleu:.2f}, right length "
-              f"{length_match:.1%}, final length loss {record[-1]['length']:.3f}, "
-              f"nll {record[-1]['nll_loss']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+        return dict(seed=run.seed, bleu=bleu, length_match=length_match, log=training_log(log))
 
-    for criterion, seed in jobs:
-        while len(running) >= args.jobs:
-            finish(*running.pop(0))
-        save_dir = os.path.join(args.out, f"{criterion}_seed{seed}")
-        os.makedirs(save_dir)
-        log = os.path.join(save_dir, "train.log")
-        command = train_command(data_bin, save_dir, criterion, seed, args.updates,
-                                args.fairseq_args)
-        with open(log, "w", encoding="utf-8") as f:
-            process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
-        running.append((process, criterion, seed, save_dir, log, time.time()))
-    while running:
-        finish(*running.pop(0))
+    def describe(run):
+        return (f"BLEU4 {run['bleu']:.2f}, right length {run['length_match']:.1%}, final "
+                f"length loss {run['log'][-1]['length']:.3f}, nll {run['log'][-1]['nll_loss']:.3f}")
 
-    lines = ["| criterion | BLEU4, predicted length: mean +- std | worst seed | per seed | "
-             "right length | length loss, at 25% / last 10% of updates | token NLL, last 10% |",
-             "|---|---|---|---|---|---|---|"]
-
-    def logged(run, key, start, end):
-        """Mean of a logged training value over updates in (start, end] x --updates."""
-        values = [r[key] for r in run["log"]
-                  if start * args.updates < r["num_updates"] <= end * args.updates]
-        return statistics.fmean(values) if values else run["log"][-1][key]
-
-    for criterion, seeds in runs.items():
-        seeds.sort(key=lambda run: run["seed"])
-        bleus = [run["bleu"] for run in seeds]
-        lines.append(
-            f"| {criterion} | {statistics.fmean(bleus):.2f} +- {curves_plot.std(bleus):.2f} | "
-            f"{min(bleus):.2f} | {', '.join(f'{b:.2f}' for b in bleus)} | "
-            f"{statistics.fmean(run['length_match'] for run in seeds):.1%} | "
-            f"{statistics.fmean(logged(run, 'length', 0.2, 0.3) for run in seeds):.3f} / "
-            f"{statistics.fmean(logged(run, 'length', 0.9, 1) for run in seeds):.3f} | "
-            f"{statistics.fmean(logged(run, 'nll_loss', 0.9, 1) for run in seeds):.3f} |")
-    table = "\n".join(lines) + "\n"
-    plot(os.path.join(args.out, "curves.png"), runs)
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(dict(runs=runs, seeds=args.seeds, updates=args.updates,
-                       fairseq_args=args.fairseq_args), f, indent=1)
+    runs = experiment.run_all(all_runs, train, describe, jobs=args.jobs)
+    text, paired = table(runs, args.updates)
+    panels = []
+    for key, label in (("nll_loss", "token NLL (bits), training"),
+                       ("length", "length loss (bits), training")):
+        series = {}
+        for criterion, seeds in runs.items():
+            logs = [run["log"] for run in seeds]
+            count = min(len(log) for log in logs)
+            series[criterion] = ([r["num_updates"] for r in logs[0][:count]],
+                                 [[r[key] for r in log[:count]] for log in logs])
+        panels.append(experiment.Panel("update", label, series))
+    experiment.plot_seeds(os.path.join(args.out, "curves.png"), panels,
+                          "fairseq NAT on the generated language pair")
+    heading = (f"fairseq NAT (width 64, 2+2 layers) on the generated language pair, "
+               f"{args.updates} updates, {args.seeds} seed(s) per criterion (the same seeds for "
+               f"all):")
+    record = dict(runs=runs, paired={name: p.as_dict() for name, p in paired.items()},
+                  seeds=list(experiment.seeds(args)), updates=args.updates,
+                  fairseq_args=args.fairseq_args, seconds=round(time.time() - started, 1),
+                  provenance=experiment.provenance(
+                      "nat_proxy", argv, surrogates=["nat"] if "reloss_nat" in args.criteria
+                      else [], packages=("fairseq-fixed", "sacrebleu")))
+    experiment.write_results(args.out, heading + "\n\n" + text, record)
     print()
-    print(f"fairseq NAT (width 64, 2+2 layers) on the generated language pair, {args.updates} "
-          f"updates, {args.seeds} seed(s) per criterion (same seeds for all):")
-    print(table)
-    print(f"[reloss] {time.time() - started:.0f} s in all. Wrote results.md, results.json, "
-          f"curves.png and the runs' folders to {args.out}/")
+    print(heading)
+    print(text)
+    print(f"[reloss] {time.time() - started:.0f} s in all. Wrote results.md, results.json and "
+          f"curves.png to {args.out}/; each run's checkpoint and logs (train.log, generate.log) "
+          f"are in {args.out}/<run>/, e.g. {all_runs[0].tag}/")
     return runs
 
 

@@ -1,6 +1,7 @@
 """A pose experiment that runs on a CPU: MSE against ReLossPose through mmpose's real pipeline.
 
-    python tools/pose_proxy.py [--out DIR] [--seeds 3] [--epochs 24] [--train 480] [--val 120]
+    python -m tools.pose_proxy [--out DIR] [--seeds 3] [--first-seed 0] [--epochs 24]
+                               [--train 480] [--val 120] [--force]
 
 Writes a generated COCO-format keypoint set (``tools/generate_coco_keypoints.py``: 17-keypoint
 stick figures, look-alike left and right joints, distractors, occlusions), then, per loss and seed,
@@ -9,22 +10,20 @@ own SimpleBaseline config (``td-hm_res50_8xb64-210e_coco-256x192.py``: its pipel
 and schedule shape), with a ResNet-18 of half width (last stage not strided), 64x48 inputs and
 16x12 heatmaps in place of ResNet-50 at 256x192, and the loss swapped. Validation uses the real
 ``CocoMetric`` (OKS AP, with ground-truth boxes) and mmpose's ``PCKAccuracy`` (threshold 0.05 of
-the box). Prints the table and writes it, with the validation curves (curves.png), to DIR.
+the box). ReLossPose is compared with MSE seed by seed (the paired difference, its mean and
+standard error). Prints a progress bar per run and the table; writes the table (results.md), the
+figures and provenance (results.json), the validation curves (curves.png) and each run's config,
+checkpoint and logs (console.log) to DIR.
 """
-import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import curves as curves_plot  # noqa: E402
-import generate_coco_keypoints  # noqa: E402
-import train  # noqa: E402
+from tools import experiment, generate_coco_keypoints
 
 LOSSES = {"MSE": "dict(type='KeypointMSELoss', use_target_weight=True)",
           "ReLossPose": "dict(type='ReLossPose', use_target_weight=True)"}
+BASELINE = "MSE"
 
 CONFIG = """
 _base_ = 'mmpose::body_2d_keypoint/topdown_heatmap/coco/td-hm_res50_8xb64-210e_coco-256x192.py'
@@ -78,75 +77,96 @@ def config_text(root, loss="ReLossPose", epochs=1, val_interval=1, seed=0, extra
 
 def validation_curve(work_dir):
     """[(epoch, coco/AP, PCK)] from the Runner's scalar log."""
-    return [(r["step"], r["coco/AP"], r["PCK"]) for r in train.logged_scalars(work_dir, "coco/AP")]
+    return [(r["step"], r["coco/AP"], r["PCK"])
+            for r in experiment.mmengine_scalars(work_dir, "coco/AP")]
 
 
-def plot(path, curves):
-    plt = curves_plot.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, column, label in zip(axes, (1, 2), ("COCO AP", "PCK@0.05"), strict=True):
-        for name, runs in curves.items():
-            curves_plot.plot_seeds(ax, [point[0] for point in runs[0]],
-                                   [[point[column] for point in run] for run in runs], name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.legend()
-    fig.suptitle("generated COCO keypoints, mean of seeds (band: min to max)", fontsize=10)
-    curves_plot.save(plt, fig, path)
+def build_parser():
+    parser = experiment.parser(__doc__, "pose_proxy", seeds=3, module="tools.pose_proxy")
+    parser.add_argument("--epochs", type=int, default=24, help="epochs per run (default 24)")
+    parser.add_argument("--train", type=int, default=480, help="training images (default 480)")
+    parser.add_argument("--val", type=int, default=120, help="validation images (default 120)")
+    return parser
+
+
+def table(curves):
+    """A row per loss: final COCO AP and PCK, each against MSE's seed by seed."""
+    header = ["loss", "COCO AP, mean +- std", "worst seed", "AP minus MSE's, paired: mean +- SE",
+              "PCK@0.05, mean +- std", "PCK minus MSE's, paired: mean +- SE",
+              "AP after the first validation"]
+    finals = {name: {run["seed"]: run["curve"][-1] for run in runs}
+              for name, runs in curves.items()}
+    rows, paired = [], {}
+    for name, runs in curves.items():
+        aps = {seed: point[1] for seed, point in finals[name].items()}
+        pcks = {seed: point[2] for seed, point in finals[name].items()}
+        if name != BASELINE:
+            base = finals[BASELINE]
+            paired[name] = dict(
+                ap=experiment.paired({seed: p[1] for seed, p in base.items()}, aps),
+                pck=experiment.paired({seed: p[2] for seed, p in base.items()}, pcks))
+        rows.append([name, experiment.mean_std(aps.values(), 3), f"{min(aps.values()):.3f}",
+                     paired[name]["ap"].format(3) if name in paired else "-",
+                     experiment.mean_std(pcks.values(), 3),
+                     paired[name]["pck"].format(3) if name in paired else "-",
+                     f"{statistics.fmean(run['curve'][0][1] for run in runs):.3f}"])
+    return experiment.markdown_table(header, rows), paired
 
 
 def main(argv=None):
-    parser = curves_plot.experiment_parser(__doc__, "pose_proxy")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=24)
-    parser.add_argument("--train", type=int, default=480, help="training images")
-    parser.add_argument("--val", type=int, default=120, help="validation images")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("seeds", "epochs", "train", "val"):
+    for name in ("epochs", "train", "val"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} should be positive but got {getattr(args, name)}")
-    curves_plot.refuse_existing(parser, args.out)
+    all_runs = experiment.runs(LOSSES, experiment.seeds(args))
+    outputs = [*experiment.RESULTS, "data"] + [name for run in all_runs
+                                               for name in (run.tag, f"{run.tag}.py")]
+    experiment.check_args(parser, args, outputs)
     started = time.time()
+    print(f"[reloss] a small top-down heatmap model through mmpose's pipeline and mmengine's "
+          f"Runner, {' against '.join(LOSSES)}: {args.seeds} seed(s) each, {args.epochs} epoch(s) "
+          f"a run", flush=True)
     root = os.path.abspath(os.path.join(args.out, "data"))
     generate_coco_keypoints.write(root, args.train, args.val)
     print(f"[reloss] wrote {args.train} training and {args.val} validation images to {root}",
           flush=True)
-    curves = {name: [] for name in LOSSES}
     interval = max(1, args.epochs // 4)
-    for seed in range(args.seeds):
-        for name in LOSSES:
-            tag = f"{name.lower()}_seed{seed}"
-            config = os.path.join(args.out, f"{tag}.py")
-            with open(config, "w", encoding="utf-8") as f:
-                f.write(config_text(root, name, args.epochs, interval, seed))
-            t0 = time.time()
-            train.main([config, "--work-dir", os.path.join(args.out, tag)])
-            curves[name].append(validation_curve(os.path.join(args.out, tag)))
-            _, ap, pck = curves[name][-1][-1]
-            print(f"[reloss] {name}, seed {seed}: AP {ap:.3f}, PCK {pck:.3f} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
-    lines = ["| loss | COCO AP, mean +- std | worst seed | PCK@0.05, mean +- std | "
-             "AP after the first validation |", "|---|---|---|---|---|"]
-    for name, runs in curves.items():
-        aps, pcks = [run[-1][1] for run in runs], [run[-1][2] for run in runs]
-        lines.append(f"| {name} | {statistics.fmean(aps):.3f} +- {curves_plot.std(aps):.3f} | "
-                     f"{min(aps):.3f} | {statistics.fmean(pcks):.3f} +- "
-                     f"{curves_plot.std(pcks):.3f} | "
-                     f"{statistics.fmean(run[0][1] for run in runs):.3f} |")
-    table = "\n".join(lines) + "\n"
-    plot(os.path.join(args.out, "curves.png"), curves)
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(dict(curves=curves, seeds=args.seeds, epochs=args.epochs, train=args.train,
-                       val=args.val), f, indent=1)
+
+    def train(run, bar):
+        config = os.path.join(args.out, f"{run.tag}.py")
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(config_text(root, run.arm, args.epochs, interval, run.seed))
+        work_dir = os.path.join(args.out, run.tag)
+        experiment.train_mmengine(config, work_dir, bar, metric="coco/AP")
+        return dict(seed=run.seed, curve=validation_curve(work_dir))
+
+    curves = experiment.run_all(
+        all_runs, train, lambda r: f"AP {r['curve'][-1][1]:.3f}, PCK {r['curve'][-1][2]:.3f}")
+    text, paired = table(curves)
+    experiment.plot_seeds(os.path.join(args.out, "curves.png"), [
+        experiment.Panel("epoch", label, {
+            name: ([point[0] for point in runs[0]["curve"]],
+                   [[point[column] for point in run["curve"]] for run in runs])
+            for name, runs in curves.items()})
+        for column, label in ((1, "COCO AP"), (2, "PCK@0.05"))], "generated COCO keypoints")
+    heading = (f"Small top-down model on generated COCO keypoints, {args.epochs} epoch(s), "
+               f"{args.seeds} seed(s) per loss (the same seeds for both):")
+    record = dict(curves=curves,
+                  paired={name: {key: p.as_dict() for key, p in pairs.items()}
+                          for name, pairs in paired.items()},
+                  seeds=list(experiment.seeds(args)), epochs=args.epochs, train=args.train,
+                  val=args.val, seconds=round(time.time() - started, 1),
+                  provenance=experiment.provenance("pose_proxy", argv, surrogates=["pose"],
+                                                   packages=("mmengine", "mmpose", "mmcv-lite")))
+    experiment.write_results(args.out, heading + "\n\n" + text, record)
     print()
-    print(f"Small top-down model on generated COCO keypoints, {args.epochs} epochs, {args.seeds} "
-          f"seed(s) per loss (same seeds for both):")
-    print(table)
-    print(f"[reloss] {time.time() - started:.0f} s in all. Wrote results.md, results.json, "
-          f"curves.png and the runs' work dirs to {args.out}/")
-    return curves
+    print(heading)
+    print(text)
+    print(f"[reloss] {time.time() - started:.0f} s in all. Wrote results.md, results.json and "
+          f"curves.png to {args.out}/; each run's config is {args.out}/<run>.py, its checkpoints "
+          f"and full log (console.log) are in {args.out}/<run>/, e.g. {all_runs[0].tag}/")
+    return {name: [run["curve"] for run in runs] for name, runs in curves.items()}
 
 
 if __name__ == "__main__":

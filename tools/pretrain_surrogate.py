@@ -1,22 +1,25 @@
 """Learn a surrogate loss whose values rank predictions the way a metric does.
 
-    python tools/pretrain_surrogate.py --task cls --out work_dirs/surrogate_cls
-    python tools/pretrain_surrogate.py --task cls --metric my_metrics:macro_f1 --out DIR
-    python tools/pretrain_surrogate.py --task cls --data synthetic my_model_predictions.pt --out DIR
+    python -m tools.pretrain_surrogate --task cls --out work_dirs/surrogate_cls
+    python -m tools.pretrain_surrogate --task cls --metric my_metrics:macro_f1 --out DIR
+    python -m tools.pretrain_surrogate --task cls --metric path/to/metrics.py:macro_f1 --out DIR
+    python -m tools.pretrain_surrogate --task cls --data synthetic my_model_predictions.pt --out DIR
 
 Writes DIR/surrogate.pt (load it with ``reloss.load_surrogate('DIR/surrogate.pt')``),
 DIR/model_card.json, DIR/scatter.png and DIR/results.md, and prints the held-out table:
 Spearman(-loss, metric) of the surrogate and of the loss it replaces, on the whole range and on
 the late-training band.
 
---metric module:function names any function ``metric(pred, target[, weight]) -> (S,)``: for
-'cls' logits (S, N, C) and labels (S, N); for 'pose' heatmaps and target heatmaps
-(S, N, K, H, W) and keypoint weights (S, N, K); for 'nat' logits (S, N, T, V), target ids (S, N, T)
-and position weights (S, N, T). --data takes 'synthetic' and/or stored predictions (.pt, schema in
-reloss/samplers.py).
+--metric module:function (a module importable from the current directory) or file.py:function
+names any function ``metric(pred, target[, weight]) -> (S,)`` over S chunks: for 'cls' logits
+(S, N, C) and labels (S, N); for 'pose' heatmaps and target heatmaps (S, N, K, H, W) and keypoint
+weights (S, N, K); for 'nat' logits (S, N, T, V), target ids (S, N, T) and position weights
+(S, N, T). --data takes 'synthetic' and/or stored predictions (.pt; reloss/predictions.py gives
+the schema).
 """
 import argparse
 import importlib
+import importlib.util
 import itertools
 import json
 import os
@@ -29,41 +32,36 @@ import torch
 from tqdm import tqdm
 
 import reloss
-from reloss import checkpoint, pretrain, samplers
-from reloss.surrogates import SURROGATES
+from reloss import checkpoint, pretrain
+from reloss.predictions import load_predictions
+from reloss.tasks import TASKS
 
 OUTPUTS = ("surrogate.pt", "model_card.json", "scatter.png", "results.md")
-# Per-task defaults of the options that have none on the command line. 'cls': the gradient may
-# fall 10x below cross-entropy's on a chunk (so the loss can saturate on hopeless samples) but rise
-# only 1.5x above it (README, "Training with a surrogate").
-TASK_DEFAULTS = {
-    "cls": dict(steps=600, tolerance=[10.0, 1.5]),
-    "pose": dict(steps=300, tolerance=[4.0]),
-    "nat": dict(steps=300, tolerance=[4.0]),
-}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n", 2)[2])
-    parser.add_argument("--task", required=True, choices=sorted(pretrain.TASKS))
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--force", action="store_true", help="replace outputs already in --out")
-    parser.add_argument("--metric", help="module:function (default: the task's metric)")
+    parser.add_argument("--metric", help="module:function or file.py:function (default: the "
+                                         "task's metric)")
     parser.add_argument("--data", nargs="+", default=["synthetic"],
                         help="'synthetic' and/or stored-prediction files (.pt)")
     parser.add_argument("--relabel", type=int, default=0, metavar="K",
-                        help="cls: add K relabelled copies of each stored training chunk "
-                             "(the authors' augmentation)")
+                        help="add K relabelled copies of each stored training chunk (the "
+                             "authors' augmentation; tasks that define one: "
+                             + ", ".join(n for n, t in TASKS.items() if t.relabel) + ")")
     parser.add_argument("--eval-data", nargs="*", default=[],
                         help="stored-prediction files to report figures on (never trained on)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-chunks", type=int, default=3000,
                         help="synthetic training chunks (held-out: a quarter each for val, test)")
     parser.add_argument("--chunk-size", type=int, help="samples per chunk (default: per task)")
-    parser.add_argument("--steps", type=int, help="training steps (default: per task, "
-                                                  "TASK_DEFAULTS)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the task's "
+                                                  "pretrain_steps)")
     parser.add_argument("--chunks-per-step", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
@@ -73,8 +71,8 @@ def parse_args(argv=None):
                              "(default) or 'unit', the authors' (||grad|| - 1)^2")
     parser.add_argument("--tolerance", type=float, nargs="+", metavar="FACTOR",
                         help="free factor between the surrogate's and the original loss's "
-                             "gradient norm per chunk; two values: BELOW ABOVE (default: per "
-                             "task, TASK_DEFAULTS)")
+                             "gradient norm per chunk; two values: BELOW ABOVE (default: the "
+                             "task's pretrain_tolerance)")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--band", type=float, nargs=2, metavar=("LOW", "HIGH"),
@@ -82,9 +80,15 @@ def parse_args(argv=None):
     parser.add_argument("--arch", nargs="*", default=[], metavar="KEY=VALUE",
                         help="surrogate constructor arguments, e.g. hidden=128 depth=3")
     args = parser.parse_args(argv)
-    for key, value in TASK_DEFAULTS[args.task].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    task = TASKS[args.task]
+    if args.steps is None:
+        args.steps = task.pretrain_steps
+    if args.tolerance is None:
+        args.tolerance = list(task.pretrain_tolerance)
+    if args.relabel < 0:
+        parser.error(f"--relabel should be a count >= 0 but got {args.relabel}")
+    if args.relabel and task.relabel is None:
+        parser.error(f"--relabel: task '{args.task}' defines no relabelling")
     if len(args.tolerance) not in (1, 2) or min(args.tolerance) < 1:
         parser.error(f"--tolerance should be one factor or two (BELOW ABOVE), each >= 1, but got "
                      f"{' '.join(map(str, args.tolerance))}")
@@ -93,16 +97,25 @@ def parse_args(argv=None):
 
 
 def import_metric(parser, spec):
-    module_name, _, function_name = spec.partition(":")
+    """The function named by ``module:function`` (a module file in the current directory, or an
+    importable module) or ``path/to/file.py:function``."""
+    module_name, _, function_name = spec.rpartition(":")
     if not module_name or not function_name:
-        parser.error(f"--metric {spec!r}: expected module:function")
-    sys.path.insert(0, os.getcwd())
+        parser.error(f"--metric {spec!r}: expected module:function or file.py:function")
     try:
-        module = importlib.import_module(module_name)
+        in_cwd = os.path.join(os.getcwd(), *module_name.split(".")) + ".py"
+        if module_name.endswith(".py") or os.path.isfile(in_cwd):
+            path = module_name if module_name.endswith(".py") else in_cwd
+            if not os.path.isfile(path):
+                parser.error(f"--metric {spec!r}: no such file {module_name!r}")
+            loader = importlib.util.spec_from_file_location(
+                os.path.splitext(os.path.basename(path))[0], path)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
     except ImportError as error:
         parser.error(f"--metric {spec!r}: cannot import module {module_name!r} ({error})")
-    finally:
-        sys.path.pop(0)
     function = getattr(module, function_name, None)
     if not callable(function):
         parser.error(f"--metric {spec!r}: module {module_name!r} has no function "
@@ -155,16 +168,23 @@ def load_data(args, task, generator):
             described.append(f"synthetic: {count} training, {count // 4} validation and "
                              f"{count // 4} test chunks of {size}")
             continue
-        batches = samplers.load_predictions(source, task.name, size, generator)
+        batches = load_predictions(source, task.name, size, generator)
         parts = split(batches, (0.7, 0.15, 0.15), generator)
-        for _ in range(args.relabel if task.name == "cls" else 0):
-            parts[0] += [(p, samplers.relabel(p, t, generator), w) for p, t, w in parts[0]]
+        parts[0] = relabelled(parts[0], args.relabel, task, generator)
         for part, batches_of_part in zip((train, val, test), parts, strict=True):
             part.append(batches_of_part)
         described.append(f"{source}: {sum(b[0].shape[0] for b in batches)} chunks of {size}, "
                          f"70/15/15% train/val/test" + (f", training chunks relabelled "
                                                         f"x{args.relabel}" if args.relabel else ""))
     return (itertools.chain.from_iterable(part) for part in (train, val, test)), described
+
+
+def relabelled(batches, copies, task, generator):
+    """``batches`` followed by ``copies`` relabelled copies of each (``task.relabel``)."""
+    out = list(batches)
+    for _ in range(copies):
+        out += [(p, task.relabel(p, t, generator), w) for p, t, w in batches]
+    return out
 
 
 def table(rows, task, band, metric_name):
@@ -174,7 +194,7 @@ def table(rows, task, band, metric_name):
              f"(chunks) | gradient norm / original's: median (10th percentile) |",
              "|---|---|---|---|---|---|"]
     for name, figures in rows:
-        for loss_name, key in (("ReLoss surrogate", "surrogate"), (task.baseline_name, "baseline")):
+        for loss_name, key in (("ReLoss surrogate", "surrogate"), (task.original_name, "baseline")):
             f = figures[key]
             banded = "-" if f["band"] is None else f"{f['band']:.3f} ({f['band_chunks']})"
             ratio = (f"{f['gradient_ratio']:.3g} ({f['gradient_ratio_p10']:.3g})"
@@ -192,7 +212,7 @@ def scatter(path, surrogate, data, task, band, figures, label):
 
     metric = data["metric"].numpy()
     losses = (pretrain.chunk_losses(surrogate, data).numpy(), data["baseline"].numpy())
-    names = ("ReLoss surrogate", task.baseline_name)
+    names = ("ReLoss surrogate", task.original_name)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, loss, name, key in zip(axes, losses, names, ("surrogate", "baseline"), strict=True):
         ax.axvspan(band[0], band[1], color="0.92", label="late-training band")
@@ -211,7 +231,7 @@ def scatter(path, surrogate, data, task, band, figures, label):
 
 def main(argv=None):
     parser, args = parse_args(argv)
-    task = pretrain.TASKS[args.task]
+    task = TASKS[args.task]
     band = tuple(args.band) if args.band else task.band
     present = [name for name in OUTPUTS if os.path.exists(os.path.join(args.out, name))]
     if present and not args.force:
@@ -226,7 +246,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     try:
-        surrogate = SURROGATES[args.task](**arch)
+        surrogate = task.surrogate(**arch)
     except TypeError as error:
         parser.error(f"--arch: {error}")
 
@@ -263,8 +283,8 @@ def main(argv=None):
     rows = [("held-out " + ("synthetic" if args.data == ["synthetic"] else "test"),
              pretrain.evaluate(surrogate, test, band))]
     for source in args.eval_data:
-        batches = samplers.load_predictions(source, args.task, args.chunk_size or task.chunk_size,
-                                            generator)
+        batches = load_predictions(source, args.task, args.chunk_size or task.chunk_size,
+                                   generator)
         data = pretrain.prepare_batches(surrogate, args.task, batches, metric)
         rows.append((os.path.basename(source), pretrain.evaluate(surrogate, data, band)))
     metric_name = args.metric or task.metric_name
@@ -277,10 +297,10 @@ def main(argv=None):
             task.metric_label if metric_name == task.metric_name else metric_name)
     card = dict(
         checkpoint="surrogate.pt", sha256=sha256, task=args.task, metric=metric_name,
-        replaces=task.baseline_name, band=list(band),
+        replaces=task.original_name, band=list(band),
         architecture=dict(type=type(surrogate).__name__, **surrogate.config()),
         parameters=sum(p.numel() for p in surrogate.parameters()),
-        command="python tools/pretrain_surrogate.py " + shlex.join(argv or sys.argv[1:]),
+        command="python -m tools.pretrain_surrogate " + shlex.join(argv or sys.argv[1:]),
         arguments=vars(args), seed=args.seed, data=described,
         results={name: figures for name, figures in rows},
         steps_run=history[-1]["step"] if history else 0, seconds=round(seconds, 1),

@@ -1,7 +1,7 @@
 """Copy a surrogate that tools/pretrain_surrogate.py wrote into the package, under a name.
 
-    python tools/ship_surrogate.py work_dirs/surrogate_cls cls [--force]
-    python tools/ship_surrogate.py work_dirs/surrogate_cls cls --force \
+    python -m tools.ship_surrogate work_dirs/surrogate_cls cls [--force]
+    python -m tools.ship_surrogate work_dirs/surrogate_cls cls --force \
         --benchmark work_dirs/benchmark_training/cls/results.json
 
 Copies DIR/surrogate.pt to plugins/reloss/checkpoints/NAME.pt and DIR/model_card.json to NAME.json,
@@ -29,8 +29,8 @@ def benchmark_summary(parser, path, card):
         parser.error(f"--benchmark {path}: it benchmarks a '{record.get('task')}' surrogate with "
                      f"sha256 {str(record.get('sha256'))[:12]}..., not this checkpoint "
                      f"('{card['task']}', {card['sha256'][:12]}...)")
-    keep = ("command", "metric", "chance", "seeds", "quick", "original_weight", "default_arm",
-            "loss_ms", "seconds", "machine")
+    keep = ("provenance", "command", "metric", "chance", "seeds", "first_seed", "quick",
+            "original_weight", "default_arm", "loss_ms", "seconds", "machine")
     summary = {key: record[key] for key in keep if key in record}
     summary["results"] = {variant: {arm: result["summary"] for arm, result in arms.items()}
                           for variant, arms in record["results"].items()}

@@ -9,7 +9,8 @@ import os.path as osp
 
 from mmengine.config import DictAction
 from mmengine.runner import Runner
-from train import load_config, prepare_cpu_distributed
+
+from reloss._mmengine import load_config, prepare_cpu_distributed
 
 
 def main(argv=None):
@@ -24,7 +25,10 @@ def main(argv=None):
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     if not osp.isfile(args.checkpoint):
         parser.error(f"checkpoint {args.checkpoint!r}: no such file")
-    cfg = load_config(parser, args)
+    try:
+        cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     cfg.load_from = args.checkpoint
     prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)

@@ -7,13 +7,12 @@ One GPU: ``python tools/train.py CONFIG``; several: ``tools/dist_train.sh CONFIG
 (torchrun); a slurm cluster: ``tools/slurm_train.sh PARTITION JOB CONFIG``.
 """
 import argparse
-import glob
-import json
 import os
-import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.runner import Runner
+
+from reloss._mmengine import load_config, prepare_cpu_distributed
 
 
 def parse_args(argv=None):
@@ -35,21 +34,12 @@ def parse_args(argv=None):
     return parser, args
 
 
-def load_config(parser, args):
-    """The config with --cfg-options, --launcher and --work-dir applied (shared with test.py)."""
-    if not osp.isfile(args.config):
-        parser.error(f"config {args.config!r}: no such file")
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
-        "work_dirs", osp.splitext(osp.basename(args.config))[0])
-    return cfg
-
-
 def build_config(parser, args):
-    cfg = load_config(parser, args)
+    """The config with the command line's options applied."""
+    try:
+        cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     if args.amp:
         wrapper = cfg.optim_wrapper.get("type", "OptimWrapper")
         if wrapper not in ("OptimWrapper", "AmpOptimWrapper"):
@@ -64,37 +54,16 @@ def build_config(parser, args):
     return cfg
 
 
-def prepare_cpu_distributed(cfg):
-    """mmengine 0.10's 'pytorch' launcher assumes GPUs: it calls torch.cuda.set_device and gives
-    DDP device_ids. On a machine without a GPU, join the process group that torchrun set up with
-    gloo first (mmengine then uses it as it is) and wrap the model in DDP without device_ids."""
-    import torch
-    import torch.distributed as dist
-
-    if cfg.launcher != "pytorch" or torch.cuda.is_available():
-        return
-    if not dist.is_initialized():
-        backend = cfg.get("env_cfg", {}).get("dist_cfg", {}).get("backend", "gloo")
-        dist.init_process_group(backend="gloo" if backend == "nccl" else backend)
-    wrapper = cfg.get("model_wrapper_cfg") or dict(
-        type="MMDistributedDataParallel", broadcast_buffers=False,
-        find_unused_parameters=cfg.get("find_unused_parameters", False))
-    wrapper.setdefault("device_ids", None)
-    cfg.model_wrapper_cfg = wrapper
-
-
-def logged_scalars(work_dir, key):
-    """The records of the Runner's scalar log (``vis_data/scalars.json``) that hold ``key``."""
-    (log,) = glob.glob(osp.join(work_dir, "*", "vis_data", "scalars.json"))
-    with open(log, encoding="utf-8") as f:
-        return [record for record in map(json.loads, f) if key in record]
-
-
-def main(argv=None):
+def build_runner(argv=None):
+    """The Runner for a command line, ready to train."""
     parser, args = parse_args(argv)
     cfg = build_config(parser, args)
     prepare_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def main(argv=None):
+    runner = build_runner(argv)
     runner.train()
     return runner
 

@@ -1,15 +1,15 @@
 """What the toolkit adapters share: a frozen surrogate held outside the model."""
+from __future__ import annotations
+
+import os
+
+import torch
 from torch import nn
 
-from ._validate import DeferredCheck
+from ._validate import DeferredCheck, check_non_negative
 from .checkpoint import load_surrogate
-from .surrogates import DEFAULT_ORIGINAL_WEIGHT
-
-
-def non_negative(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"'{name}' should be a number >= 0 but got {value!r}")
-    return float(value)
+from .surrogate import Surrogate
+from .tasks import get_task
 
 
 class FrozenSurrogateLoss(nn.Module):
@@ -23,25 +23,31 @@ class FrozenSurrogateLoss(nn.Module):
         task (str): the task the surrogate must be for ('cls', 'pose').
         loss_weight (float): multiplies the whole loss.
         original_weight (float | None): weight of the original loss added to the surrogate;
-            None takes ``DEFAULT_ORIGINAL_WEIGHT[task]``.
+            None takes the task's ``default_original_weight``.
         original_name (str): that weight's argument name, for error messages.
     """
 
-    def __init__(self, checkpoint, task, loss_weight, original_weight, original_name):
+    def __init__(self, checkpoint: str | os.PathLike, task: str, loss_weight: float,
+                 original_weight: float | None, original_name: str) -> None:
         super().__init__()
-        self.loss_weight = non_negative("loss_weight", loss_weight)
-        self.original_weight = non_negative(original_name, DEFAULT_ORIGINAL_WEIGHT[task]
-                                            if original_weight is None else original_weight)
+        self.loss_weight = check_non_negative("loss_weight", loss_weight)
+        self.original_weight = check_non_negative(
+            original_name,
+            get_task(task).default_original_weight if original_weight is None else original_weight)
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"'checkpoint' should be a shipped surrogate name or a path (str or "
+                            f"os.PathLike) but got {type(checkpoint).__name__}")
         surrogate = load_surrogate(checkpoint)
         if surrogate.task != task:
-            names = dict(cls="classification", pose="pose", nat="translation")
-            raise ValueError(f"'checkpoint' should be a {names[task]} ('{task}') surrogate but "
+            raise ValueError(f"'checkpoint' should be a {get_task(task).description} ('{task}') "
+                             f"surrogate but "
                              f"{checkpoint!r} is a '{surrogate.task}' one")
         self.checkpoint = checkpoint
         self.__dict__["surrogate"] = surrogate  # not a submodule
         self.check = DeferredCheck()
 
-    def surrogate_on(self, device):
+    def surrogate_on(self, device: torch.device) -> Surrogate:
+        """The surrogate, moved to ``device`` if it is not there yet."""
         if next(self.surrogate.parameters()).device != device:
             self.surrogate.to(device)
         return self.surrogate

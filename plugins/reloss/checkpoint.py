@@ -9,21 +9,26 @@ A checkpoint is a dict read with ``torch.load(weights_only=True)``::
 The shipped checkpoints live in ``reloss/checkpoints/`` with a ``manifest.json`` of their sha256
 and a model card each (``<name>.json``). Nothing is ever downloaded.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 import pickle
+import re
 
 import torch
 
-from .surrogates import SURROGATES
+from .surrogate import Surrogate
+from .tasks import TASKS
 
 FORMAT, VERSION = "reloss-surrogate", 1
 CHECKPOINT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
 MANIFEST = os.path.join(CHECKPOINT_DIR, "manifest.json")
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-def sha256_file(path):
+def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -31,7 +36,7 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
-def shipped():
+def shipped() -> dict[str, dict]:
     """{name: manifest entry} of the checkpoints that ship with the package."""
     if not os.path.exists(MANIFEST):
         return {}
@@ -39,8 +44,10 @@ def shipped():
         return json.load(f)
 
 
-def save_surrogate(surrogate, path, task, metric, force=False):
-    """Write ``surrogate`` to ``path`` (refusing to replace a file unless ``force``); sha256."""
+def save_surrogate(surrogate: Surrogate, path: str | os.PathLike, task: str, metric: str,
+                   force: bool = False) -> str:
+    """Write ``surrogate`` to ``path`` (refusing to replace a file unless ``force``); returns the
+    file's sha256."""
     if os.path.exists(path) and not force:
         raise FileExistsError(f"{path} already exists; pass force=True (--force) to replace it")
     state = {key: value.detach().clone().contiguous()
@@ -52,15 +59,28 @@ def save_surrogate(surrogate, path, task, metric, force=False):
     return sha256_file(path)
 
 
-def _expected_sha256(path):
-    """The sha256 the model card next to ``path`` records for it, if there is such a card."""
+def _card_sha256(path):
+    """(sha256, card) from the model card that ``tools/pretrain_surrogate.py`` or
+    ``tools/ship_surrogate.py`` wrote next to ``path``, or (None, None) where there is none.
+
+    A card is ours only if it is a JSON object whose ``checkpoint`` names this file; any other
+    file of that name (not JSON, another checkpoint's, someone else's) is not read further. A card
+    of ours without a well-formed sha256 is an error.
+    """
     stem = os.path.splitext(path)[0]
     for card in (stem + ".json", os.path.join(os.path.dirname(path), "model_card.json")):
-        if os.path.exists(card):
+        try:
             with open(card, encoding="utf-8") as f:
                 record = json.load(f)
-            if record.get("checkpoint") == os.path.basename(path):
-                return record.get("sha256"), card
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("checkpoint") != os.path.basename(path):
+            continue
+        sha256 = record.get("sha256")
+        if not (isinstance(sha256, str) and SHA256.fullmatch(sha256)):
+            raise ValueError(f"{card}: field 'sha256' of the model card of {path} should be 64 "
+                             f"hex digits but got {sha256!r}"[:400])
+        return sha256, card
     return None, None
 
 
@@ -71,28 +91,44 @@ def _field(path, payload, name, check, expected):
     return value
 
 
-def load_surrogate(name_or_path, sha256=None, trainable=False):
+def load_surrogate(name_or_path: str | os.PathLike, sha256: str | None = None,
+                   trainable: bool = False) -> Surrogate:
     """A surrogate by shipped name ('cls', 'pose', 'nat') or by checkpoint path.
 
-    The file's sha256 must match the manifest (shipped), ``sha256`` (if given) or the model card
-    that ``tools/pretrain_surrogate.py`` wrote beside it (if there is one). The net comes back in
-    eval mode with frozen weights unless ``trainable``.
+    The file's sha256 must match the manifest (shipped), ``sha256`` (if given, for shipped names
+    too) and the model card that ``tools/pretrain_surrogate.py`` wrote beside it (if there is
+    one, and ``sha256`` is not given). The net comes back in eval mode with frozen weights unless
+    ``trainable``.
     """
     entries = shipped()
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str):
+        names = ", ".join(map(repr, entries)) or "none"
+        raise TypeError(f"'name_or_path' should be a shipped surrogate name ({names}) or a "
+                        f"checkpoint path (str or os.PathLike) but got "
+                        f"{type(name_or_path).__name__}")
+    if sha256 is not None and not (isinstance(sha256, str) and SHA256.fullmatch(sha256)):
+        raise ValueError(f"'sha256' should be None or 64 hex digits but got {sha256!r}"[:300])
+    expected = []  # (sha256, where it is recorded)
+    if sha256 is not None:
+        expected.append((sha256.lower(), "the sha256 argument"))
     if name_or_path in entries:
         entry = entries[name_or_path]
-        path, expected, source = (os.path.join(CHECKPOINT_DIR, entry["file"]), entry["sha256"],
-                                  MANIFEST)
+        path = os.path.join(CHECKPOINT_DIR, entry["file"])
+        expected.append((entry["sha256"], MANIFEST))
     else:
-        path = os.fspath(name_or_path)
+        path = name_or_path
         if not os.path.isfile(path):
             names = ", ".join(map(repr, entries)) or "none"
             raise FileNotFoundError(f"'{path}' is neither a shipped surrogate ({names}) nor a file")
-        expected, source = (sha256, "the sha256 argument") if sha256 else _expected_sha256(path)
+        if sha256 is None:
+            expected.append(_card_sha256(path))
     actual = sha256_file(path)
-    if expected is not None and actual != expected:
-        raise ValueError(f"{path}: sha256 {actual} does not match {expected} recorded in {source}; "
-                         f"the file is corrupt or not the one that was recorded")
+    for digest, source in expected:
+        if digest is not None and actual != digest:
+            raise ValueError(f"{path}: sha256 {actual} does not match {digest} recorded in "
+                             f"{source}; the file is corrupt or not the one that was recorded")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as error:
@@ -100,9 +136,9 @@ def load_surrogate(name_or_path, sha256=None, trainable=False):
                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__})"
                          ) from None
     _field(path, payload, "format", lambda v: v == FORMAT, repr(FORMAT))
-    task = _field(path, payload, "task", lambda v: v in SURROGATES,
-                  f"one of {', '.join(map(repr, SURROGATES))}")
-    cls = SURROGATES[task]
+    task = _field(path, payload, "task", lambda v: isinstance(v, str) and v in TASKS,
+                  f"one of {', '.join(map(repr, TASKS))}")
+    cls = TASKS[task].surrogate
     architecture = dict(_field(path, payload, "architecture",
                                lambda v: isinstance(v, dict) and v.get("type") == cls.__name__,
                                f"a dict with type '{cls.__name__}'"))

@@ -1,7 +1,9 @@
-"""The metrics the surrogates stand for, as batched tensor code: one value per chunk or sentence.
+"""Metrics as batched tensor code: one value per chunk or sentence (each task module picks its own).
 
 Each function takes a leading batch of chunks (S) and is not differentiable (argmax inside).
 """
+from __future__ import annotations
+
 import torch
 
 from ._validate import check_ndim, check_tensor
@@ -9,7 +11,7 @@ from ._validate import check_ndim, check_tensor
 MAX_NGRAM_ORDER = 4
 
 
-def chunk_accuracy(logits, labels):
+def chunk_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy of each chunk of predictions.
 
     Args:
@@ -33,7 +35,7 @@ def chunk_accuracy(logits, labels):
     return (logits.argmax(-1) == labels).to(dtype).mean(-1)
 
 
-def heatmap_argmax(heatmaps):
+def heatmap_argmax(heatmaps: torch.Tensor) -> torch.Tensor:
     """(x, y) of each heatmap's maximum, (..., 2); (-1, -1) where the maximum is <= 0.
 
     The first maximum in row-major order wins ties, and the -1 convention is mmpose's
@@ -45,7 +47,8 @@ def heatmap_argmax(heatmaps):
     return torch.where((values > 0).unsqueeze(-1), locations, torch.full_like(locations, -1.0))
 
 
-def pck_accuracy(heatmaps, target_heatmaps, mask, thr=0.05):
+def pck_accuracy(heatmaps: torch.Tensor, target_heatmaps: torch.Tensor, mask: torch.Tensor,
+                 thr: float = 0.05) -> torch.Tensor:
     """PCK of heatmap argmax locations per chunk: what mmpose logs as ``acc_pose``.
 
     A keypoint is correct when the distance between the argmax of its predicted and target
@@ -128,7 +131,8 @@ def bleu_statistics(hypotheses, references, pad, max_order=MAX_NGRAM_ORDER):
     return torch.stack(correct, -1).round(), torch.stack(total, -1), hyp_len, ref_len
 
 
-def sentence_bleu(hypotheses, references, pad=0, max_order=MAX_NGRAM_ORDER):
+def sentence_bleu(hypotheses: torch.Tensor, references: torch.Tensor, pad: int = 0,
+                  max_order: int = MAX_NGRAM_ORDER) -> torch.Tensor:
     """Sentence-level BLEU (0-100) of token-id sequences, as ``sacrebleu.sentence_bleu``.
 
     Same as sacrebleu's defaults for one reference: 'exp' smoothing, effective n-gram order,
@@ -163,24 +167,3 @@ def sentence_bleu(hypotheses, references, pad=0, max_order=MAX_NGRAM_ORDER):
                           torch.ones_like(hyp_len))
     score = brevity * log_mean.exp()
     return torch.where((correct > 0).any(-1) & (hyp_len > 0), score, torch.zeros_like(score))
-
-
-# The metric of each pretraining task, in the signature ``metric(pred, target[, weight]) -> (S,)``.
-
-def classification_metric(logits, labels):
-    """Top-1 accuracy per chunk: logits (S, N, C), labels (S, N)."""
-    return chunk_accuracy(logits, labels).double()
-
-
-def pose_metric(heatmaps, target_heatmaps, weights):
-    """PCK (thr 0.05) of argmax locations per chunk, keypoints with weight > 0."""
-    return pck_accuracy(heatmaps, target_heatmaps, weights > 0).double()
-
-
-def sequence_metric(logits, targets, weights):
-    """Mean sentence BLEU (0-100) of the argmax tokens per chunk of sentences."""
-    chunks, sentences, length = targets.shape
-    keep = weights.reshape(-1, length) > 0
-    hypotheses = logits.argmax(-1).reshape(-1, length).masked_fill(~keep, -1)
-    references = targets.reshape(-1, length).masked_fill(~keep, -1)
-    return sentence_bleu(hypotheses, references, pad=-1).view(chunks, sentences).mean(-1)

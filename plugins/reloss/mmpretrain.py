@@ -7,15 +7,29 @@ In a config::
 
 Importing this module registers both in mmpretrain's ``MODELS``.
 """
+from __future__ import annotations
+
+import os
+
 import torch
 from mmpretrain.models.backbones.resnet import BasicBlock
 from mmpretrain.models.backbones.resnet_cifar import ResNet_CIFAR
+from mmpretrain.models.losses.utils import weight_reduce_loss
 from mmpretrain.registry import MODELS
 from torch import nn
 
-from ._adapter import FrozenSurrogateLoss, non_negative
+from ._adapter import FrozenSurrogateLoss
 from ._mmengine import allow_mmengine_checkpoints
-from ._validate import check_choice, check_float, check_ndim, check_tensor
+from ._validate import (
+    check_choice,
+    check_data,
+    check_float,
+    check_min_size,
+    check_ndim,
+    check_non_negative,
+    check_not_bool,
+    check_tensor,
+)
 
 allow_mmengine_checkpoints()
 
@@ -24,50 +38,55 @@ allow_mmengine_checkpoints()
 class ReLossCls(FrozenSurrogateLoss):
     """The learned classification loss, with the call of mmpretrain's ``CrossEntropyLoss``.
 
-    ``loss_weight * (surrogate + ce_weight * cross-entropy)``, per sample, then reduced as
-    mmpretrain reduces: multiplied by ``weight``, summed and divided by ``avg_factor`` (the head
-    passes the batch size) or averaged. The surrogate is frozen and lives outside the module's
-    parameters and state dict: no optimizer, weight decay or DDP gradient hook ever sees it, and a
-    checkpoint of the model neither holds nor overrides it (it is rebuilt, sha256-checked, from
-    ``checkpoint`` on every rank and at every resume).
+    ``loss_weight * (surrogate + ce_weight * cross-entropy)``, per sample, then reduced by
+    mmpretrain's own ``weight_reduce_loss``: multiplied by ``weight``, summed and divided by
+    ``avg_factor`` (the head passes the batch size) or averaged. The surrogate is frozen and lives
+    outside the module's parameters and state dict: no optimizer, weight decay or DDP gradient hook
+    ever sees it, and a checkpoint of the model neither holds nor overrides it (it is rebuilt,
+    sha256-checked, from ``checkpoint`` on every rank and at every resume).
 
     Args:
         checkpoint (str): a shipped surrogate name ('cls') or a path to one.
-        loss_weight (float): multiplies the whole loss.
+        loss_weight (float): multiplies the whole loss (surrogate and cross-entropy).
         ce_weight (float | None): weight of cross-entropy added to the surrogate; None takes the
-            default that ``tools/benchmark_training.py`` chose (0: the surrogate alone).
+            task's default (0: the surrogate alone).
         label_smooth_val (float): smooth hard labels to ``(1 - e) onehot + e / C`` first.
         reduction (str): 'mean', 'sum' or 'none'.
 
     Note:
-        N samples, C classes. ``cls_score`` (N, C) logits; ``label`` (N,) class indices or (N, C)
-        scores whose rows sum to 1 (what Mixup/CutMix put in ``gt_score``).
+        N samples, C classes (C >= 2). ``cls_score`` (N, C) logits; ``label`` (N,) integer class
+        indices or (N, C) scores >= 0 whose rows sum to 1 (what Mixup/CutMix put in
+        ``gt_score``); ``weight`` (N,) sample weights.
     """
 
-    def __init__(self, checkpoint="cls", loss_weight=1.0, ce_weight=None, label_smooth_val=0.0,
-                 reduction="mean"):
+    def __init__(self, checkpoint: str | os.PathLike = "cls", loss_weight: float = 1.0,
+                 ce_weight: float | None = None, label_smooth_val: float = 0.0,
+                 reduction: str = "mean") -> None:
         check_choice("reduction", reduction, ("mean", "sum", "none"))
         super().__init__(checkpoint, "cls", loss_weight, ce_weight, "ce_weight")
-        self.label_smooth_val = non_negative("label_smooth_val", label_smooth_val)
+        self.label_smooth_val = check_non_negative("label_smooth_val", label_smooth_val)
         if self.label_smooth_val >= 1:
             raise ValueError(f"'label_smooth_val' should be in [0, 1) but got {label_smooth_val!r}")
         self.reduction = reduction
 
     def _labels(self, cls_score, label):
         check_float("cls_score", cls_score)
+        check_data("cls_score", cls_score)
         check_ndim("cls_score", cls_score, (2,), "2-D (N, C) logits")
-        check_tensor("label", label)
+        check_min_size("cls_score", cls_score, 1, 2, "C")
+        check_data("label", label)
+        check_not_bool("label", label, "(N,) integer class indices or (N, C) float scores")
         count, classes = cls_score.shape
         self.check(~torch.isfinite(cls_score).all(),
-                    "'cls_score' should hold only finite values but holds NaN or Inf")
-        if label.dim() == 1 and not label.is_floating_point():
+                   "'cls_score' should hold only finite values but holds NaN or Inf")
+        if label.dim() == 1 and not (label.is_floating_point() or label.is_complex()):
             if label.shape[0] != count:
                 raise ValueError(f"'label' should be (N,) = ({count},) class indices or (N, C) = "
                                  f"{tuple(cls_score.shape)} scores but got shape "
                                  f"{tuple(label.shape)}")
             self.check((label < 0) | (label >= classes),
-                        f"'label' should hold class indices in [0, {classes}) for {classes} "
-                        f"classes but holds values outside it")
+                       f"'label' should hold class indices in [0, {classes}) for {classes} "
+                       f"classes but holds values outside it")
             label = label.clamp(0, classes - 1)  # harmless until the check reports
             if self.label_smooth_val > 0:
                 smooth = torch.full_like(cls_score, self.label_smooth_val / classes,
@@ -80,19 +99,29 @@ class ReLossCls(FrozenSurrogateLoss):
             raise ValueError(f"'label' should be (N,) = ({count},) class indices or (N, C) = "
                              f"{tuple(cls_score.shape)} float scores but got {label.dtype} "
                              f"{tuple(label.shape)}")
-        rows = label.float().sum(-1)
-        self.check(((rows - 1).abs() > 1e-3) | (label < 0).any(-1),
-                    "'label' scores should be >= 0 with rows that sum to 1 (as Mixup/CutMix "
-                    "make them)")
+        label = label.float()
+        # Written so that NaN fails too: NaN compares False.
+        valid = (label >= 0).all(-1) & ((label.sum(-1) - 1).abs() <= 1e-3)
+        self.check(~valid, "'label' scores should be >= 0 with rows that sum to 1 (as Mixup/CutMix "
+                           "make them) but some row does not (or holds NaN or Inf)")
+        label = torch.where(valid.unsqueeze(-1), label, 1 / classes)  # harmless until it reports
         if self.label_smooth_val > 0:
             label = label * (1 - self.label_smooth_val) + self.label_smooth_val / classes
-        return label.float()
+        return label
 
-    def forward(self, cls_score, label, weight=None, avg_factor=None, reduction_override=None,
-                **kwargs):
+    def forward(self, cls_score: torch.Tensor, label: torch.Tensor,
+                weight: torch.Tensor | None = None, avg_factor: float | None = None,
+                reduction_override: str | None = None, **kwargs) -> torch.Tensor:
+        """The loss, as mmpretrain's ``CrossEntropyLoss.forward`` takes its arguments."""
         reduction = reduction_override or self.reduction
         check_choice("reduction_override", reduction, ("mean", "sum", "none"))
         label = self._labels(cls_score, label)
+        if weight is not None:
+            check_tensor("weight", weight)
+            if weight.numel() != cls_score.shape[0]:
+                raise ValueError(f"'weight' should be (N,) = ({cls_score.shape[0]},) sample "
+                                 f"weights but got shape {tuple(weight.shape)}")
+            weight = weight.float().reshape(-1)
         logits = cls_score.float()
         loss = self.surrogate_on(logits.device)(logits, label, reduction="none")
         if self.original_weight:
@@ -101,17 +130,7 @@ class ReLossCls(FrozenSurrogateLoss):
             else:
                 ce = -(label * logits.log_softmax(-1)).sum(-1)
             loss = loss + self.original_weight * ce
-        if weight is not None:
-            loss = loss * weight.float().reshape(-1)
-        if reduction == "none":
-            pass
-        elif avg_factor is not None:
-            if reduction == "sum":
-                raise ValueError("'avg_factor' can not be used with reduction 'sum'")
-            loss = loss.sum() / avg_factor
-        else:
-            loss = loss.sum() if reduction == "sum" else loss.mean()
-        return self.loss_weight * loss
+        return self.loss_weight * weight_reduce_loss(loss, weight, reduction, avg_factor)
 
 
 @MODELS.register_module()
@@ -131,7 +150,7 @@ class ResNetCIFARPaper(ResNet_CIFAR):
     arch_settings = {depth: (BasicBlock, ((depth - 2) // 6,) * 3)
                      for depth in (20, 32, 44, 56, 110)}
 
-    def __init__(self, depth, **kwargs):
+    def __init__(self, depth: int, **kwargs) -> None:
         if depth not in self.arch_settings:
             raise KeyError(f"'depth' should be one of {sorted(self.arch_settings)} but got "
                            f"{depth!r}")

@@ -11,78 +11,39 @@ objective = -rho + penalty_weight * P, where
   can neither go flat where the original loss still teaches nor turn spiky, its gradients keep
   the original loss's scale (so the original learning rate carries over), and between those
   bounds its shape is free. The authors' fixed target of 1 ranks about as well here, but gives
-  gradients an order of magnitude larger than cross-entropy's (README, "What the tool
-  optimises").
+  gradients an order of magnitude larger than cross-entropy's.
 
-The surrogates read predictions through a few features per unit (see :mod:`reloss.surrogates`),
+The surrogates read predictions through a few features per unit (see :mod:`reloss.surrogate`),
 so the data are prepared once: per unit its features, its weight, and the Gram matrix G_u of the
 features' gradients with respect to the unit's predictions. Then
 ||d L / d pred||^2 = sum_u a_u^T G_u a_u with a_u = d L / d features_u, which is exact and keeps
 pretraining independent of the size of the raw predictions (1000-class logits, full heatmaps,
 32k-token vocabularies).
 """
+from __future__ import annotations
+
 import copy
 import math
-from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import metrics, samplers
 from .spearman import soft_spearman, spearman
+from .surrogate import Surrogate
+from .tasks import Task, get_task
 
 
-@dataclass(frozen=True)
-class Task:
-    """What a surrogate is learned for: its net, its metric and the loss it replaces."""
-
-    name: str
-    metric: object  # metric(pred, target[, weight]) -> (S,)
-    metric_name: str
-    metric_label: str
-    baseline: object  # the original loss per chunk: baseline(pred, target[, weight]) -> (S,)
-    baseline_name: str
-    band: tuple  # the late-training band of the metric
-    chunk_size: int
-
-
-def cross_entropy_per_chunk(logits, labels):
-    chunks, size = labels.shape
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                           reduction="none").view(chunks, size).mean(-1)
-
-
-def keypoint_mse_per_chunk(heatmaps, targets, weights):
-    """mmpose's KeypointMSELoss with use_target_weight=True, per chunk."""
-    weighted = (heatmaps - targets) * weights[..., None, None]
-    return weighted.square().flatten(1).mean(-1)
-
-
-def token_cross_entropy_per_chunk(logits, targets, weights):
-    """Mean negative log-likelihood of the target tokens over a chunk's non-padding positions."""
-    nll = -logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (nll * weights).flatten(1).sum(-1) / weights.flatten(1).sum(-1).clamp_min(1)
-
-
-TASKS = {
-    "cls": Task("cls", metrics.classification_metric, "reloss.metrics:classification_metric",
-                "accuracy",
-                cross_entropy_per_chunk, "cross-entropy", (0.85, 0.99), 128),
-    "pose": Task("pose", metrics.pose_metric, "reloss.metrics:pose_metric", "PCK",
-                 keypoint_mse_per_chunk, "MSE", (0.85, 0.99), 8),
-    "nat": Task("nat", metrics.sequence_metric, "reloss.metrics:sequence_metric", "sentence BLEU",
-                token_cross_entropy_per_chunk, "token cross-entropy", (40.0, 90.0), 1),
-}
-
-
-def prepare(surrogate, task, pred, target, weight=None, metric=None):
+def prepare(surrogate: Surrogate, task: Task, pred: torch.Tensor, target: torch.Tensor,
+            weight: torch.Tensor | None = None, metric: Callable | None = None) -> dict:
     """Features, unit weights, Gram matrices, metric and baseline loss of raw chunks.
 
     Args:
         surrogate: the net whose ``feature_gram`` (features and their Gram matrices) is used.
         task (Task): gives the default metric and the baseline loss.
-        pred, target, weight: raw chunks with leading dims (S, N); ``weight`` is None for 'cls'.
+        pred, target, weight: raw chunks with leading dims (S, N); ``weight`` is None for tasks
+            without weights.
         metric: overrides ``task.metric``; must return (S,) finite values.
 
     Returns:
@@ -102,7 +63,7 @@ def prepare(surrogate, task, pred, target, weight=None, metric=None):
         raise ValueError("the metric returned NaN or Inf values")
     # The original loss and the norm of its gradient with respect to each chunk's predictions.
     leaf = pred.detach().float().requires_grad_()
-    baseline = task.baseline(leaf, target, *extra)
+    baseline = task.original_loss(leaf, target, *extra)
     (baseline_grad,) = torch.autograd.grad(baseline.sum(), leaf)
     baseline_grad_norm = baseline_grad.flatten(1).norm(dim=-1).double()
     flat_extra = tuple(x.flatten(0, 1) for x in extra)
@@ -157,7 +118,8 @@ def _loss_and_squared_gradient(surrogate, batch, create_graph=False):
 PENALTIES = ("relative", "unit")
 
 
-def objective(surrogate, batch, band=None, penalty_weight=10.0, tolerance=4.0,
+def objective(surrogate: Surrogate, batch: dict, band: tuple[float, float] | None = None,
+              penalty_weight: float = 10.0, tolerance: float | tuple[float, float] = 4.0,
               penalty="relative", regularization_strength=None):
     """(objective, soft rho, penalty) on a batch of prepared chunks.
 
@@ -190,7 +152,7 @@ def objective(surrogate, batch, band=None, penalty_weight=10.0, tolerance=4.0,
 
 
 @torch.no_grad()
-def chunk_losses(surrogate, data, batch=512):
+def chunk_losses(surrogate: Surrogate, data: dict, batch: int = 512) -> torch.Tensor:
     """The surrogate's loss for every chunk of prepared data, (S,) float64."""
     out = []
     for start in range(0, data["metric"].shape[0], batch):
@@ -216,7 +178,7 @@ def gradient_norms(surrogate, data, batch=512):
     return torch.cat(out).double()
 
 
-def evaluate(surrogate, data, band):
+def evaluate(surrogate: Surrogate, data: dict, band: tuple[float, float]) -> dict:
     """Held-out figures of the surrogate and of the original loss: Spearman correlations, and the
     median and 10th percentile over chunks of the ratio of the surrogate's gradient norm to the
     original loss's (a low 10th percentile means chunks where the surrogate is flat)."""
@@ -232,9 +194,12 @@ def _selection_score(figures):
     return full if band is None else (full + band) / 2
 
 
-def pretrain(surrogate, train, val, band, steps=2000, chunks_per_step=256, lr=1e-2,
-             weight_decay=1e-3, penalty_weight=10.0, tolerance=4.0, penalty="relative", warmup=50,
-             eval_every=50, patience=8, seed=0, progress=None):
+def pretrain(surrogate: Surrogate, train: dict, val: dict, band: tuple[float, float],
+             steps: int = 2000, chunks_per_step: int = 256, lr: float = 1e-2,
+             weight_decay: float = 1e-3, penalty_weight: float = 10.0,
+             tolerance: float | tuple[float, float] = 4.0, penalty: str = "relative",
+             warmup: int = 50, eval_every: int = 50, patience: int = 8, seed: int = 0,
+             progress: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Learn ``surrogate``'s head in place on prepared ``train`` chunks; returns a history.
 
     Adam (lr 0.01 with cosine decay, weight decay 1e-3, as the authors); each step draws
@@ -295,29 +260,23 @@ def _split(total, parts):
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def synthetic_chunks(task, num_chunks, generator, chunk_size=None, batch=64):
-    """Raw synthetic chunks for ``task``: yields (pred, target, weight) of <= ``batch`` chunks.
-
-    'cls' mixes 10, 100 and 1000 classes; 'pose' mixes 64x48 and 96x72 heatmaps.
-    """
-    if task not in TASKS:
-        raise ValueError(f"'task' should be one of {', '.join(map(repr, TASKS))} but got {task!r}")
-    size = chunk_size or TASKS[task].chunk_size
-    if task == "cls":
-        kinds = [dict(num_classes=c) for c in (10, 100, 1000)]
-    elif task == "pose":
-        kinds = [dict(heatmap_size=hw) for hw in ((64, 48), (96, 72))]
-    else:
-        kinds = [dict()]
-    sampler = dict(cls=samplers.sample_classification, pose=samplers.sample_pose,
-                   nat=samplers.sample_sequences)[task]
+def synthetic_chunks(task: str, num_chunks: int, generator: torch.Generator | None,
+                     chunk_size: int | None = None, batch: int = 64):
+    """Raw synthetic chunks for ``task``: yields (pred, target, weight) of <= ``batch`` chunks,
+    weight None for tasks without weights. The chunks are shared out evenly over the task's
+    ``sample_kinds`` (e.g. 10, 100 and 1000 classes for 'cls')."""
+    spec = get_task(task)
+    size = chunk_size or spec.chunk_size
+    kinds = spec.sample_kinds
     for kind, count in zip(kinds, _split(num_chunks, len(kinds)), strict=True):
         for n in _split(count, -(-count // batch)) if count else []:
-            out = sampler(n, size, generator=generator, **kind)
-            yield out if task != "cls" else (*out, None)
+            out = spec.sample(n, size, generator=generator, **kind)
+            yield out if len(out) == 3 else (*out, None)
 
 
-def prepare_batches(surrogate, task, batches, metric=None):
+def prepare_batches(surrogate: Surrogate, task: str, batches: Iterable[tuple],
+                    metric: Callable | None = None) -> dict:
     """``prepare`` over an iterable of raw (pred, target, weight) batches, concatenated."""
-    return concatenate([prepare(surrogate, TASKS[task], pred, target, weight, metric)
+    spec = get_task(task)
+    return concatenate([prepare(surrogate, spec, pred, target, weight, metric)
                         for pred, target, weight in batches])

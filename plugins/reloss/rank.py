@@ -9,8 +9,10 @@ Two backends compute them:
   few kernel launches, works on every device and dtype.
 
 ``'auto'`` picks the faster one for the input's device and size, from the measurements of
-``tools/benchmark_rank.py`` (see the README).
+``tools/benchmark_rank.py`` (docs/speed.md).
 """
+from __future__ import annotations
+
 import importlib.util
 import warnings
 
@@ -36,8 +38,8 @@ BACKENDS = ("auto", "torchsort", "pairwise")
 DEFAULT_STRENGTH = {"pairwise": 0.1, "torchsort": 1.0}
 
 # On a GPU, the pairwise form was faster than torchsort's CUDA kernel at every size measured up to
-# n = 4096 (H100, see README). Beyond that, or when its (B, n, n) work matrix would exceed this
-# many elements, auto prefers torchsort's kernel.
+# n = 4096 (an H200; docs/benchmark_rank_h200.md). Beyond that, or when its (B, n, n) work
+# matrix would exceed this many elements, auto prefers torchsort's kernel.
 _PAIRWISE_GPU_MAX_N = 4096
 _PAIRWISE_MAX_ELEMENTS = 1 << 28
 
@@ -50,7 +52,7 @@ def _warn_once(key, message):
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def torchsort_available(device_type="cpu"):
+def torchsort_available(device_type: str = "cpu") -> bool:
     """Whether torchsort is importable and has a kernel for ``device_type`` ('cpu' or 'cuda')."""
     if importlib.util.find_spec("torchsort") is None:
         return False
@@ -59,7 +61,7 @@ def torchsort_available(device_type="cpu"):
     return device_type == "cuda" and importlib.util.find_spec("torchsort.isotonic_cuda") is not None
 
 
-def resolve_backend(backend, x):
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
     """The backend that ``soft_rank(x, backend=backend)`` will run: 'torchsort' or 'pairwise'."""
     check_choice("backend", backend, BACKENDS)
     if backend == "pairwise":
@@ -95,7 +97,8 @@ def _torchsort_rank(x, strength):
 _RANKERS = {"pairwise": _pairwise_rank, "torchsort": _torchsort_rank}
 
 
-def soft_rank(x, regularization_strength=None, backend="auto"):
+def soft_rank(x: torch.Tensor, regularization_strength: float | None = None,
+              backend: str = "auto") -> torch.Tensor:
     """Differentiable ranks of each row of ``x``, from 1 (smallest) to n (largest).
 
     Args:
@@ -125,7 +128,7 @@ def soft_rank(x, regularization_strength=None, backend="auto"):
     return _soft_rank(x, regularization_strength, name)
 
 
-def upcast_half(x):
+def upcast_half(x: torch.Tensor) -> torch.Tensor:
     """float16 and bfloat16 tensors as float32 (other dtypes unchanged), for the arithmetic that
     half precision cannot carry: ranks, softmax, standardisation."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

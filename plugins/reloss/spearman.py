@@ -1,4 +1,6 @@
 """Spearman rank correlation: exact (ties averaged, like scipy) and soft (differentiable)."""
+from __future__ import annotations
+
 import torch
 
 from ._validate import (
@@ -13,7 +15,7 @@ from ._validate import (
 from .rank import _soft_rank, resolve_backend, upcast_half
 
 
-def exact_rank(x, dim=-1):
+def exact_rank(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Ranks from 1 to n along ``dim``; tied values get the average of their ranks.
 
     Not differentiable. Returns float64 when ``x`` is float64, float32 otherwise.
@@ -30,7 +32,7 @@ def exact_rank(x, dim=-1):
     return ((below + below_or_equal + 1).to(dtype) / 2).movedim(-1, dim)
 
 
-def pearson(a, b, dim=-1):
+def pearson(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Pearson correlation along ``dim``; 0 where either side is constant (zero variance)."""
     a = a - a.mean(dim, keepdim=True)
     b = b - b.mean(dim, keepdim=True)
@@ -50,7 +52,7 @@ def _check_pair(name_a, a, name_b, b, dim):
     check_finite(name_b, b)
 
 
-def spearman(a, b, dim=-1):
+def spearman(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Exact Spearman rank correlation of ``a`` and ``b`` along ``dim``, batched over the rest.
 
     Equals ``scipy.stats.spearmanr`` (ties get average ranks). Where either side is constant
@@ -113,7 +115,9 @@ class _CorrelateWithFixed(torch.autograd.Function):
         return grad_x, None
 
 
-def soft_spearman(pred, target, regularization_strength=None, backend="auto"):
+def soft_spearman(pred: torch.Tensor, target: torch.Tensor,
+                  regularization_strength: float | None = None,
+                  backend: str = "auto") -> torch.Tensor:
     """Differentiable Spearman correlation: soft ranks of ``pred``, exact ranks of ``target``.
 
     Each row of ``pred`` is divided by its standard deviation before soft ranking (ranks do not

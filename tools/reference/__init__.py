@@ -14,5 +14,5 @@ Each module (``cls``, ``pose``, ``nat``) defines:
   ``loss_fn(pred, target, weight) -> scalar``, and returns
   ``dict(curve=[[fraction of training done, metric], ...], final=metric)``; the curve holds the
   metric at 0.1 (after the first 10% of training) and at 1.0. ``progress(fraction)`` may be called
-  as training goes on. ``quick`` shrinks the run to a few seconds, for the tests.
+  as training goes on. ``quick`` shrinks the run, for the tests.
 """

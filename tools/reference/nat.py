@@ -14,7 +14,7 @@ other and to the encoder, giving logits (N, T, V) for all positions at once. Tra
 gold target length; evaluation decodes a held-out set with the predicted length (argmax of the
 length head) and reports corpus BLEU (sacrebleu's, tokens = ids, tokenize 'none').
 Adam (lr 5e-3, betas 0.9 / 0.98), linear warm-up over the first tenth then cosine decay, 64
-sentence pairs a step, 300 steps (60 with ``quick``): about 15 s a run on one CPU thread.
+sentence pairs a step, 300 steps (60 with ``quick``).
 """
 import math
 
@@ -29,7 +29,7 @@ CHANCE = 0.0
 VARIANTS = ("default",)
 DATA_SEED = 0
 
-BOS, PAD, EOS, UNK, FIRST_TOKEN = 0, 1, 2, 3, 4  # reloss.samplers.PAD / FIRST_TOKEN
+BOS, PAD, EOS, UNK, FIRST_TOKEN = 0, 1, 2, 3, 4  # reloss.tasks.nat.PAD / FIRST_TOKEN
 SOURCE_WORDS, TARGET_WORDS = 64, 160
 VOCAB = FIRST_TOKEN + SOURCE_WORDS + TARGET_WORDS
 SOURCE_LENGTHS = (3, 12)

@@ -16,8 +16,8 @@ when the argmax is the target's own pixel. Adam with a cosine schedule, 3 epochs
 Run as a script, it stores predictions of nets along their training (on images the benchmark
 never uses) for ``tools/pretrain_surrogate.py --data``:
 
-    python tools/reference/pose.py --out work_dirs/pose/predictions_mse.pt
-    python tools/reference/pose.py --checkpoint DIR/surrogate.pt --out FILE.pt
+    python -m tools.reference.pose --out work_dirs/pose/predictions_mse.pt
+    python -m tools.reference.pose --checkpoint DIR/surrogate.pt --out FILE.pt
 """
 import math
 
@@ -25,8 +25,7 @@ import torch
 from torch import nn
 
 from reloss.metrics import pck_accuracy
-from reloss.pretrain import keypoint_mse_per_chunk
-from reloss.samplers import gaussian_heatmaps
+from reloss.tasks.pose import gaussian_heatmaps, keypoint_mse_per_chunk
 
 METRIC = "PCK@0.05 (fraction)"
 CHANCE = 1.0 / 256  # a random argmax over 16 x 16 heatmap pixels
@@ -197,7 +196,7 @@ def run(variant, loss_fn, seed, quick=False, progress=None, epochs=3, lr=2e-3, b
 def store_predictions(path, loss_fn, seeds, count=256, data_seed=1):
     """Train a net per seed with ``loss_fn`` and store its heatmaps on ``count`` images generated
     from ``data_seed`` (not the benchmark's data) at every tenth of training, as a prediction file
-    of reloss/samplers.py (one group per snapshot) for ``tools/pretrain_surrogate.py --data``."""
+    of reloss/predictions.py (one group per snapshot) for ``tools/pretrain_surrogate.py --data``."""
     images, targets, weights = generate(count, torch.Generator().manual_seed(data_seed))
     snapshots = []
 
