@@ -9,8 +9,8 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 # Installed from source or without their own dependencies (see README, "Environment").
 SPECIAL := mmpose|xtcocotools|fairseq-fixed|torchsort
 
-.PHONY: demo demo-surrogate benchmark benchmark-training benchmark-step pose-proxy nat-proxy test \
-	test-fast lint env clean-env
+.PHONY: demo demo-surrogate benchmark benchmark-training benchmark-matrix benchmark-step \
+	benchmark-loss pose-proxy nat-proxy qa-proxy test test-fast lint env clean-env
 
 # The main job: train a ResNet-20 on scikit-learn's digits through mmengine's Runner with
 # cross-entropy and with ReLossCls, 3 seeds each, and compare (a few minutes).
@@ -32,6 +32,12 @@ benchmark-training: $(STAMP)
 	for task in cls pose nat; do \
 		$(BIN)/python -m tools.benchmark_training --task $$task --force || exit 1; done
 
+# The regime matrices: every cls and pose regime, design and held-out splits, 4 seeds (about an
+# hour on 2 cores; add --quick for a few minutes per regime).
+benchmark-matrix: $(STAMP)
+	for task in cls pose; do $(BIN)/python -m tools.benchmark_training --task $$task \
+		--regimes all --seeds 4 --out work_dirs/benchmark_matrix/$$task --force || exit 1; done
+
 # MSE against ReLossPose through mmpose's pipeline and CocoMetric on generated data (under 10 min).
 pose-proxy: $(STAMP)
 	$(BIN)/python -m tools.pose_proxy --out work_dirs/pose_proxy/$$(date +%Y%m%d_%H%M%S)
@@ -40,12 +46,21 @@ pose-proxy: $(STAMP)
 nat-proxy: $(STAMP)
 	$(BIN)/python -m tools.nat_proxy --out work_dirs/nat_proxy/$$(date +%Y%m%d_%H%M%S)
 
+# The default QA loss against ReLossQA: a tiny BERT on generated Chinese extractive QA with
+# transformers' Trainer, 5 seeds each (under 10 min).
+qa-proxy: $(STAMP)
+	$(BIN)/python -m tools.qa_proxy --out work_dirs/qa_proxy/$$(date +%Y%m%d_%H%M%S)
+
 # Training-step time with ReLoss against the original loss: ResNet-56 (cls), SimpleBaseline (pose),
 # fairseq's NAT-Base (nat).
 benchmark-step: $(STAMP)
 	$(BIN)/python -m tools.benchmark_step --task cls
 	$(BIN)/python -m tools.benchmark_step --task pose
 	$(BIN)/python -m tools.benchmark_step --task nat
+
+# Each loss alone, forward + backward, against the loss it replaces (CPU, one thread).
+benchmark-loss: $(STAMP)
+	$(BIN)/python -m tools.benchmark_loss --task cls pose nat
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests

@@ -15,7 +15,8 @@ with open("README.md", encoding="utf-8") as f:
 setup(
     name="reloss",
     version="0.1.0",
-    description="Learned metric-surrogate losses (ReLoss, ICLR 2022) for OpenMMLab and fairseq",
+    description="Learned metric-surrogate losses (ReLoss, ICLR 2022) for OpenMMLab, fairseq and "
+                "transformers",
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="Apache-2.0",
@@ -30,6 +31,7 @@ setup(
         "mmpretrain": ["mmengine>=0.10", "mmcv-lite>=2.0", "mmpretrain>=1.2"],
         "mmpose": ["mmengine>=0.10", "mmcv-lite>=2.0", "mmpose>=1.1", "xtcocotools"],
         "fairseq": ["fairseq-fixed>=0.12.3", "sacrebleu>=2.0"],
+        "transformers": ["transformers>=4.46", "accelerate>=1.0", "tokenizers"],
         "dev": ["pytest", "hypothesis", "ruff", "scipy", "matplotlib", "diffsort", "scikit-learn",
                 "tqdm"],
     },

@@ -26,3 +26,15 @@ def built_wheel(tmp_path_factory):
                     "-q", "-w", str(folder / "dist"), str(source)], check=True)
     (wheel,) = (folder / "dist").glob("reloss-*.whl")
     return wheel
+
+
+@pytest.fixture(autouse=True)
+def restored_environment():
+    """Each test leaves ``os.environ`` as it found it. tools/train.py and tools/test.py set
+    ``LOCAL_RANK`` there, as OpenMMLab's do (one run a process); left behind in the test process,
+    it makes transformers' ``TrainingArguments`` of a later test expect a torchrun launch."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)

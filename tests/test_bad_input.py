@@ -217,8 +217,8 @@ def test_bool_labels_are_refused(call, message):
 def test_checkpoint_must_be_a_name_or_a_path(value):
     kind = type(value).__name__
     with pytest.raises(TypeError, match=r"'name_or_path' should be a shipped surrogate name "
-                                        r"\('cls', 'nat', 'pose'\) or a checkpoint path \(str or "
-                                        rf"os.PathLike\) but got {kind}"):
+                                        r"\('cls', 'nat', 'pose', 'qa'\) or a checkpoint path "
+                                        rf"\(str or os.PathLike\) but got {kind}"):
         reloss.load_surrogate(value)
     for build in (lambda: ReLossCls(checkpoint=value), lambda: ReLossPose(checkpoint=value),
                   lambda: nat_criterion(checkpoint=value)):

@@ -11,6 +11,8 @@ import reloss
 from tools import benchmark_training
 from tools.reference import cls as reference_cls
 from tools.reference import nat as reference_nat
+from tools.reference import pose as reference_pose
+from tools.reference import select
 
 
 @pytest.mark.slow
@@ -20,8 +22,9 @@ def test_quick_benchmark_trains_every_arm(task, tmp_path, capsys):
     record = benchmark_training.main(["--task", task, "--quick", "--seeds", "2",
                                       "--out", str(out)])
     printed = capsys.readouterr().out
-    assert "| data | arm |" in printed and str(out) in printed
-    assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "curves.png"}
+    assert "| regime | arm |" in printed and str(out) in printed
+    assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "curves.png",
+                                               "matrix.png"}
     assert json.loads((out / "results.json").read_text())["task"] == task
     chance = record["chance"]
     for variant, arms in record["results"].items():
@@ -37,6 +40,67 @@ def test_quick_benchmark_trains_every_arm(task, tmp_path, capsys):
         share = arms["mixed"]["gradient_share"]
         assert share is not None and 0 < share < 1
     assert all(math.isfinite(ms) and ms > 0 for ms in record["loss_ms"].values())
+
+
+def test_matrix_runs_regimes_of_both_splits_and_summarises_them(tmp_path, capsys):
+    """Two cls regimes, one per split, two seeds, two mixed weights: every arm trains in every
+    regime, the matrix pairs each arm with the original seed by seed and summarises each split."""
+    out = tmp_path / "matrix"
+    record = benchmark_training.main([
+        "--task", "cls", "--regimes", "mlp-n20-sgd-60", "mlp-clean-sgd-10", "--quick",
+        "--seeds", "2", "--original-weight", "0.5", "1", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert list(record["results"]) == ["mlp-n20-sgd-60", "mlp-clean-sgd-10"]
+    assert {r["split"] for r in record["regimes"].values()} == {"design", "held-out"}
+    arms = ["surrogate", "mixed@0.5", "mixed@1"]
+    for by_arm in record["results"].values():
+        assert list(by_arm) == ["original", *arms]
+        originals = {r["seed"]: r["final"] for r in by_arm["original"]["runs"]}
+        for arm in arms:
+            paired = by_arm[arm]["paired"]
+            finals = {r["seed"]: r["final"] for r in by_arm[arm]["runs"]}
+            expected = [finals[s] - originals[s] for s in (0, 1)]
+            assert paired["differences"] == pytest.approx(expected)
+            assert paired["mean"] == pytest.approx(sum(expected) / 2)
+        for weight, arm in ((0.5, "mixed@0.5"), (1.0, "mixed@1")):
+            assert record["mixed_arms"][arm] == weight
+            assert 0 < by_arm[arm]["gradient_share"] < 1
+    for split, regime in (("design", "mlp-n20-sgd-60"), ("held-out", "mlp-clean-sgd-10")):
+        summary = record["matrix"][split]["surrogate"]
+        mean = record["results"][regime]["surrogate"]["paired"]["mean"]
+        assert summary["regimes"] == 1 and summary["mean"] == pytest.approx(mean)
+        assert summary["below"] == ([regime] if mean < -0.3 else [])
+    assert "| **design split** | design | 1 regimes |" in printed
+    assert (out / "matrix.png").stat().st_size > 0
+    assert "| **held-out split** |" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["reference"], ["clean", "noisy"]),
+    (["noisy", "clean"], ["clean", "noisy"]),  # the matrix's order, each once
+    (["held-out", "mlp-clean-sgd-10"], [n for n, r in reference_cls.REGIMES.items()
+                                        if r.split == "held-out"]),
+    (["all"], list(reference_cls.REGIMES)),
+])
+def test_regime_selection(names, expected):
+    task = reference_cls
+    assert select(task.REGIMES, task.REFERENCE, names) == expected
+
+
+def test_every_task_has_a_matrix_with_both_splits_where_it_is_built():
+    cls_splits = [r.split for r in reference_cls.REGIMES.values()]
+    assert cls_splits.count("design") >= 6 and cls_splits.count("held-out") >= 6
+    options = [r.options for r in reference_cls.REGIMES.values()]
+    assert {o["model"] for o in options} == {"cnn", "resnet20", "mlp"}
+    assert {o["noise"] for o in options} == {0.0, 0.2, 0.4}
+    assert {o["optimizer"] for o in options} == {"sgd", "adamw"}
+    assert {o["smoothing"] > 0 for o in options} == {True, False}
+    pose_options = [r.options for r in reference_pose.REGIMES.values()]
+    assert len(pose_options) >= 6
+    assert {o["figures"] for o in pose_options} == set(reference_pose.FIGURES)
+    assert {o["optimizer"] for o in pose_options} == {"adam", "sgd"}
+    for task in (reference_cls, reference_pose, reference_nat):
+        assert set(task.REFERENCE) <= set(task.REGIMES) and task.TOLERANCE > 0
 
 
 def test_seeds_of_an_arm_differ_and_repeat(tmp_path):
@@ -56,8 +120,11 @@ def test_seeds_of_an_arm_differ_and_repeat(tmp_path):
     (["--task", "pose", "--checkpoint", "missing.pt"], r"--checkpoint 'missing.pt': 'missing.pt' "
                                                        r"is neither a shipped surrogate"),
     (["--task", "cls", "--seeds", "0"], r"--seeds should be a positive number of seeds but got 0"),
-    (["--task", "cls", "--original-weight", "-1"], r"--original-weight should be a finite number "
-                                                   r">= 0 but got -1.0"),
+    (["--task", "cls", "--original-weight", "1", "-1"], r"--original-weight should be finite "
+                                                        r"numbers >= 0 but got -1.0"),
+    (["--task", "cls", "--regimes", "design", "cifar"], r"'--regimes' takes 'reference', 'all', "
+                                                        r"'design', 'held-out' or regime names "
+                                                        r"\(clean, noisy, .*\) but got 'cifar'"),
     (["--task", "segmentation"], r"argument --task: invalid choice: 'segmentation'"),
     (["--task", "cls", "--label-smoothing", "0.1"], r"--label-smoothing should be in \[0, 1\), "
                                                     r"and is for --task nat only"),
@@ -67,7 +134,7 @@ def test_bad_arguments_are_refused_before_training(args, message, tmp_path, caps
     def no_training(*_, **__):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(benchmark_training.importlib, "import_module", no_training)
+    monkeypatch.setattr(benchmark_training.experiment, "run_all", no_training)
     with pytest.raises(SystemExit) as exit_info:
         benchmark_training.main(args + ["--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
@@ -109,3 +176,24 @@ def test_label_smoothing_smooths_both_losses_as_fairseq():
                                0.9 * nll + 0.1 * spread)
     torch.testing.assert_close(functions["surrogate"](logits, target, weight),
                                0.9 * surrogate(logits, target, weight) + 0.1 * spread)
+
+
+def test_a_surrogate_only_run_pairs_with_an_earlier_original_arm(tmp_path, capsys):
+    """tools/compare_runs: a seed fixes the original arm, so a '--arms surrogate' run compared with
+    an earlier run's original arm gives the earlier run's own paired figures."""
+    from tools import compare_runs
+
+    common = ["--task", "cls", "--regimes", "mlp-clean-sgd-10", "--quick", "--seeds", "2"]
+    full = benchmark_training.main(common + ["--arms", "original", "surrogate",
+                                             "--out", str(tmp_path / "full")])
+    benchmark_training.main(common + ["--arms", "surrogate", "--out", str(tmp_path / "alone")])
+    baseline = json.loads((tmp_path / "full" / "results.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "results.json").read_text())
+    [(regime, arm, paired)] = compare_runs.compare(baseline, alone)
+    assert (regime, arm) == ("mlp-clean-sgd-10", "surrogate")
+    expected = full["results"][regime]["surrogate"]["paired"]
+    assert paired.differences == pytest.approx(expected["differences"])
+    capsys.readouterr()
+    compare_runs.main([str(tmp_path / "full" / "results.json"),
+                       str(tmp_path / "alone" / "results.json")])
+    assert f"| mlp-clean-sgd-10 | surrogate | {paired.format(2)} |" in capsys.readouterr().out

@@ -148,7 +148,7 @@ def test_bad_input_names_the_argument(call, message):
 
 @pytest.mark.parametrize("checkpoint, error, message", [
     ("missing.pt", FileNotFoundError, r"'missing.pt' is neither a shipped surrogate \('cls', "
-                                      r"'nat', 'pose'\) nor a file"),
+                                      r"'nat', 'pose', 'qa'\) nor a file"),
     ("pose", ValueError, r"'checkpoint' should be a classification \('cls'\) surrogate but "
                          r"'pose' is a 'pose' one"),
 ])
@@ -293,3 +293,31 @@ def test_demo_trains_both_losses_and_prints_the_table(tmp_path, capsys):
     for name in ("cross-entropy", "ReLossCls"):
         ((epoch, accuracy),) = result["curves"][name][0]
         assert epoch == 1 and accuracy > 30  # chance is 10%
+
+
+@pytest.mark.slow
+def test_multimodal_dependencies_do_not_break_the_import(tmp_path):
+    """With pycocotools and transformers >= 4.28 both installed, mmpretrain 1.2 imports its BLIP
+    models, whose transformers imports transformers 5 no longer has; reloss.mmpretrain must still
+    import and register its loss. pycocotools is stood in for by its metadata alone (mmpretrain
+    decides on the installed distribution, never importing it)."""
+    import subprocess
+
+    pytest.importorskip("transformers")
+    info = tmp_path / "site" / "pycocotools-2.0.11.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pycocotools\nVersion: 2.0.11\n")
+    script = (
+        "from mmpretrain.utils.dependency import WITH_MULTIMODAL, satisfy_requirement\n"
+        "assert WITH_MULTIMODAL and satisfy_requirement('pycocotools')\n"
+        "import reloss.mmpretrain\n"
+        "import mmpretrain.models\n"
+        "import torch\n"
+        "from mmpretrain.registry import MODELS\n"
+        "loss = MODELS.build(dict(type='ReLossCls'))\n"
+        "print('loss', float(loss(torch.randn(8, 10), torch.randint(10, (8,)))))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(info.parent), ROOT]))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("loss ")

@@ -211,7 +211,7 @@ def test_stored_predictions_errors_name_file_and_field(tmp_path, changes, messag
 
 def test_shipped_checkpoints_are_verified(tmp_path):
     entries = checkpoint.shipped()
-    assert set(entries) == {"cls", "pose", "nat"}
+    assert set(entries) == {"cls", "pose", "nat", "qa"}
     for name, entry in entries.items():
         path = os.path.join(checkpoint.CHECKPOINT_DIR, entry["file"])
         assert checkpoint.sha256_file(path) == entry["sha256"]
@@ -221,7 +221,8 @@ def test_shipped_checkpoints_are_verified(tmp_path):
         with open(os.path.join(checkpoint.CHECKPOINT_DIR, f"{name}.json"), encoding="utf-8") as f:
             card = json.load(f)
         assert card["sha256"] == entry["sha256"]
-        assert card["command"].startswith("python tools/pretrain_surrogate.py")
+        assert card["command"].startswith(("python tools/pretrain_surrogate.py",
+                                           "python -m tools.pretrain_surrogate"))
 
     # A copy that was altered after its card was written is refused.
     for name in ("cls.pt", "cls.json"):
@@ -266,20 +267,25 @@ QUALITY = {"cls": 300, "pose": 200, "nat": 1200}
 @pytest.mark.parametrize("task", ["cls", pytest.param("pose", marks=pytest.mark.slow), "nat"])
 def test_shipped_surrogate_beats_the_original_loss_on_fresh_chunks(task):
     """Fresh synthetic chunks (a seed the tool never used): higher Spearman than the loss it
-    replaces on the whole range and by at least 0.05 in the late-training band."""
+    replaces on the whole range and by at least 0.05 in the late-training band; for 'cls' by at
+    least 0.05 on the whole range and no lower in the band. (The shipped cls surrogate reads the
+    cross-entropy alone, the design that trained best on the regime matrix; sharper temperatures
+    rank better in the band but train worse under label noise: docs/matrix.md.)"""
     surrogate = reloss.load_surrogate(task)
     generator = torch.Generator().manual_seed(12345)
     data = pretrain.prepare_batches(
         surrogate, task, pretrain.synthetic_chunks(task, QUALITY[task], generator))
     figures = pretrain.evaluate(surrogate, data, TASKS[task].band)
     ours, theirs = figures["surrogate"], figures["baseline"]
-    assert ours["full"] > theirs["full"], figures
-    assert ours["band"] >= theirs["band"] + 0.05, figures
-    if task == "cls":  # by a clear margin on the whole range too
+    if task == "cls":
         assert ours["full"] >= theirs["full"] + 0.05, figures
+        assert ours["band"] >= theirs["band"], figures
+    else:
+        assert ours["full"] > theirs["full"], figures
+        assert ours["band"] >= theirs["band"] + 0.05, figures
 
 
-def test_shipped_classification_surrogate_beats_cross_entropy_on_a_real_model(tmp_path):
+def test_shipped_classification_surrogate_ranks_a_real_model_as_cross_entropy_does(tmp_path):
     data, accuracy = digits_predictions.collect(seed=1)
     assert min(accuracy.values()) < 0.3 and max(accuracy.values()) > 0.9
     path = tmp_path / "digits.pt"
@@ -288,5 +294,7 @@ def test_shipped_classification_surrogate_beats_cross_entropy_on_a_real_model(tm
     batches = load_predictions(str(path), "cls", 128, torch.Generator().manual_seed(0))
     prepared = pretrain.prepare_batches(surrogate, "cls", batches)
     figures = pretrain.evaluate(surrogate, prepared, TASKS["cls"].band)
-    assert figures["surrogate"]["full"] > figures["baseline"]["full"], figures
-    assert figures["surrogate"]["band"] > figures["baseline"]["band"], figures
+    # As well as cross-entropy, within 0.01 (a learned function of the cross-entropy alone ranks
+    # a real model's predictions much as the cross-entropy does: 0.975 against 0.975 here).
+    assert figures["surrogate"]["full"] >= figures["baseline"]["full"] - 0.01, figures
+    assert figures["surrogate"]["band"] >= figures["baseline"]["band"] - 0.01, figures

@@ -54,6 +54,6 @@ def test_quick_run_trains_with_cross_entropy():
     assert out["final"] > 5.0 and out["final"] > nat.CHANCE
 
 
-def test_bad_variant():
-    with pytest.raises(ValueError, match=r"'variant' should be one of \('default',\)"):
+def test_unknown_regime_is_named():
+    with pytest.raises(ValueError, match=r"'regime' should be one of \['default'\] but got"):
         nat.run("noisy", nat.original_loss, seed=0, quick=True)

@@ -23,6 +23,15 @@ def test_data_are_fixed_and_well_formed():
     assert float(peaks.max()) <= 1.0 and float(peaks.min()) > 0.6 and float(peaks.median()) < 0.95
 
 
+def test_body17_figures_have_their_own_sizes():
+    images, targets, weights = pose.generate(8, torch.Generator().manual_seed(0), "body17")
+    assert images.shape == (8, 1, 64, 48)
+    assert targets.shape == (8, 17, 32, 24) and weights.shape == (8, 17)
+    assert 0 < float(weights.mean()) < 1
+    with pytest.raises(ValueError, match="'figures' should be one of"):
+        pose.data("body5")
+
+
 def test_original_loss_is_mmpose_keypoint_mse_with_target_weight():
     pred, target, weight = pose.timing_inputs(torch.Generator().manual_seed(0))
     assert pred.shape == (64, 17, 64, 48) and weight.shape == (64, 17)
@@ -32,7 +41,7 @@ def test_original_loss_is_mmpose_keypoint_mse_with_target_weight():
 
 
 def test_stored_predictions_follow_the_schema(tmp_path, monkeypatch):
-    def fake_run(variant, loss_fn, seed, record=None, **kwargs):
+    def fake_run(name, loss_fn, seed, record=None, **kwargs):
         net = pose.model()
         for k in range(1, 11):
             record(k / 10, net)

@@ -351,16 +351,20 @@ class Panel:
 
 
 def plot_seeds(path, panels, title):
-    """A PNG (matplotlib, Agg) with the panels side by side: each series' mean over seeds,
-    shaded from the lowest to the highest seed."""
+    """A PNG (matplotlib, Agg) with the panels side by side, four to a row: each series' mean
+    over seeds, shaded from the lowest to the highest seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
-    for ax, panel in zip(axes[0], panels, strict=True):
+    columns = min(len(panels), 4)
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(list(axes.flat)[:len(panels)], panels, strict=True):
         for label, (x, seed_runs) in panel.series.items():
             values = np.asarray(seed_runs, dtype=np.float64)
             (line,) = ax.plot(x, values.mean(0), marker="o", markersize=3, label=label)

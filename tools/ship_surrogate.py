@@ -29,15 +29,19 @@ def benchmark_summary(parser, path, card):
         parser.error(f"--benchmark {path}: it benchmarks a '{record.get('task')}' surrogate with "
                      f"sha256 {str(record.get('sha256'))[:12]}..., not this checkpoint "
                      f"('{card['task']}', {card['sha256'][:12]}...)")
-    keep = ("provenance", "command", "metric", "chance", "seeds", "first_seed", "quick",
-            "original_weight", "default_arm", "loss_ms", "seconds", "machine")
+    keep = ("provenance", "command", "metric", "chance", "tolerance", "seeds", "first_seed",
+            "quick", "original_weight", "mixed_arms", "default_arm", "regimes", "matrix",
+            "loss_ms", "seconds", "machine")
     summary = {key: record[key] for key in keep if key in record}
-    summary["results"] = {variant: {arm: result["summary"] for arm, result in arms.items()}
-                          for variant, arms in record["results"].items()}
-    for variant, arms in record["results"].items():
-        if arms.get("mixed", {}).get("gradient_share") is not None:
-            summary["results"][variant]["mixed"]["gradient_share"] = arms["mixed"][
-                "gradient_share"]
+    summary["results"] = {}
+    for regime, arms in record["results"].items():
+        summary["results"][regime] = {}
+        for arm, result in arms.items():
+            entry = dict(result["summary"])
+            for key in ("gradient_share", "paired"):
+                if result.get(key) is not None:
+                    entry[key] = result[key]
+            summary["results"][regime][arm] = entry
     return summary
 
 

@@ -13,6 +13,7 @@ from .tasks import TASKS, get_task
 from .tasks.cls import ClassificationSurrogate
 from .tasks.nat import SequenceSurrogate
 from .tasks.pose import PoseSurrogate
+from .tasks.qa import QASurrogate
 
 __version__ = "0.1.0"
 
@@ -30,7 +31,7 @@ def fairseq_user_dir() -> str:
 
 __all__ = [
     "BACKENDS", "DEFAULT_STRENGTH", "TASKS", "ClassificationSurrogate", "PoseSurrogate",
-    "SequenceSurrogate", "exact_rank", "fairseq_user_dir", "get_task", "load_surrogate",
-    "pearson", "resolve_backend", "save_surrogate", "soft_rank", "soft_spearman", "spearman",
-    "torchsort_available",
+    "QASurrogate", "SequenceSurrogate", "exact_rank", "fairseq_user_dir", "get_task",
+    "load_surrogate", "pearson", "resolve_backend", "save_surrogate", "soft_rank",
+    "soft_spearman", "spearman", "torchsort_available",
 ]

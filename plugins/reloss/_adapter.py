@@ -44,10 +44,12 @@ class FrozenSurrogateLoss(nn.Module):
                              f"{checkpoint!r} is a '{surrogate.task}' one")
         self.checkpoint = checkpoint
         self.__dict__["surrogate"] = surrogate  # not a submodule
+        # Moving a module keeps its Parameter objects: one of them tells where it is.
+        self.__dict__["_surrogate_parameter"] = next(surrogate.parameters())
         self.check = DeferredCheck()
 
     def surrogate_on(self, device: torch.device) -> Surrogate:
         """The surrogate, moved to ``device`` if it is not there yet."""
-        if next(self.surrogate.parameters()).device != device:
+        if self._surrogate_parameter.device != device:
             self.surrogate.to(device)
         return self.surrogate

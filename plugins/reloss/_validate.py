@@ -106,6 +106,37 @@ class DeferredCheck:
         event.record()
         self._pending.append((event, host, message))
 
+    @staticmethod
+    def deferred(value: torch.Tensor) -> bool:
+        """Whether checks of ``value`` report later (on a CUDA GPU) rather than at once."""
+        return value.device.type == "cuda"
+
+    def finite(self, value: torch.Tensor, message: str) -> None:
+        """Refuses NaN and Inf anywhere in ``value``. At once (off a CUDA GPU) a finite sum
+        proves every element finite, in one read-only pass; only a sum that is not finite (NaN,
+        Inf, or an overflow of finite values) is followed by the element-wise test."""
+        if self.deferred(value):
+            self(~torch.isfinite(value).all(), message)
+            return
+        self.poll()
+        value = value.detach()
+        # Half precision sums in float32, where a sum of finite values does not overflow.
+        total = value.sum(dtype=torch.float32) if value.dtype in (torch.float16, torch.bfloat16) \
+            else value.sum()
+        if not math.isfinite(total) and not bool(torch.isfinite(value).all()):
+            raise ValueError(message)
+
+    def within(self, value: torch.Tensor, low: int, high: int, message: str) -> None:
+        """Refuses integers outside [low, high); at once, from the smallest and the largest."""
+        if self.deferred(value):
+            self((value < low) | (value >= high), message)
+            return
+        self.poll()
+        if value.numel():
+            least, most = torch.aminmax(value.detach())
+            if least.item() < low or most.item() >= high:
+                raise ValueError(message)
+
     def poll(self) -> None:
         """Raises for the first pending check whose flag has landed and is set."""
         while self._pending:

@@ -74,8 +74,7 @@ class ReLossPose(FrozenSurrogateLoss):
         check_heatmaps("output", output, "target", target, "(B, K, H, W)")
         check_data("output", output)
         check_data("target", target)
-        self.check(~torch.isfinite(output).all(),
-                   "'output' should hold only finite values but holds NaN or Inf")
+        self.check.finite(output, "'output' should hold only finite values but holds NaN or Inf")
         pixels, keypoints, weights = None, None, None
         if self.use_target_weight:
             if target_weights is None:

@@ -10,17 +10,43 @@ Importing this module registers both in mmpretrain's ``MODELS``.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
-from mmpretrain.models.backbones.resnet import BasicBlock
-from mmpretrain.models.backbones.resnet_cifar import ResNet_CIFAR
-from mmpretrain.models.losses.utils import weight_reduce_loss
-from mmpretrain.registry import MODELS
+from mmpretrain.utils import dependency
 from torch import nn
 
-from ._adapter import FrozenSurrogateLoss
-from ._mmengine import allow_mmengine_checkpoints
-from ._validate import (
+
+def _skip_multimodal_models_that_cannot_import():
+    """mmpretrain 1.2 imports its multimodal models (BLIP, CLIP, ...) with ``mmpretrain.models``
+    whenever pycocotools and transformers >= 4.28 are both installed
+    (``mmpretrain.utils.dependency.WITH_MULTIMODAL``). Its BLIP code imports helpers that
+    transformers 5 removed from ``transformers.modeling_utils``, so there ``import
+    mmpretrain.models`` fails. Where those helpers are missing, take the path mmpretrain takes
+    without the multimodal dependencies (placeholders that explain what to install); it changes
+    nothing once ``mmpretrain.models`` is imported."""
+    if not dependency.WITH_MULTIMODAL or "mmpretrain.models" in sys.modules:
+        return
+    try:
+        from transformers.modeling_utils import (  # noqa: F401
+            apply_chunking_to_forward,
+            find_pruneable_heads_and_indices,
+            prune_linear_layer,
+        )
+    except ImportError:
+        dependency.WITH_MULTIMODAL = False
+
+
+_skip_multimodal_models_that_cannot_import()
+
+from mmpretrain.models.backbones.resnet import BasicBlock  # noqa: E402
+from mmpretrain.models.backbones.resnet_cifar import ResNet_CIFAR  # noqa: E402
+from mmpretrain.models.losses.utils import weight_reduce_loss  # noqa: E402
+from mmpretrain.registry import MODELS  # noqa: E402
+
+from ._adapter import FrozenSurrogateLoss  # noqa: E402
+from ._mmengine import allow_mmengine_checkpoints  # noqa: E402
+from ._validate import (  # noqa: E402
     check_choice,
     check_data,
     check_float,
@@ -77,17 +103,18 @@ class ReLossCls(FrozenSurrogateLoss):
         check_data("label", label)
         check_not_bool("label", label, "(N,) integer class indices or (N, C) float scores")
         count, classes = cls_score.shape
-        self.check(~torch.isfinite(cls_score).all(),
-                   "'cls_score' should hold only finite values but holds NaN or Inf")
+        self.check.finite(cls_score, "'cls_score' should hold only finite values but holds NaN "
+                                     "or Inf")
         if label.dim() == 1 and not (label.is_floating_point() or label.is_complex()):
             if label.shape[0] != count:
                 raise ValueError(f"'label' should be (N,) = ({count},) class indices or (N, C) = "
                                  f"{tuple(cls_score.shape)} scores but got shape "
                                  f"{tuple(label.shape)}")
-            self.check((label < 0) | (label >= classes),
-                       f"'label' should hold class indices in [0, {classes}) for {classes} "
-                       f"classes but holds values outside it")
-            label = label.clamp(0, classes - 1)  # harmless until the check reports
+            self.check.within(label, 0, classes, f"'label' should hold class indices in [0, "
+                                                 f"{classes}) for {classes} classes but holds "
+                                                 f"values outside it")
+            if self.check.deferred(label):  # elsewhere the check has raised
+                label = label.clamp(0, classes - 1)  # harmless until the check reports
             if self.label_smooth_val > 0:
                 smooth = torch.full_like(cls_score, self.label_smooth_val / classes,
                                          dtype=torch.float32)
@@ -104,7 +131,8 @@ class ReLossCls(FrozenSurrogateLoss):
         valid = (label >= 0).all(-1) & ((label.sum(-1) - 1).abs() <= 1e-3)
         self.check(~valid, "'label' scores should be >= 0 with rows that sum to 1 (as Mixup/CutMix "
                            "make them) but some row does not (or holds NaN or Inf)")
-        label = torch.where(valid.unsqueeze(-1), label, 1 / classes)  # harmless until it reports
+        if self.check.deferred(label):  # elsewhere the check has raised
+            label = torch.where(valid.unsqueeze(-1), label, 1 / classes)  # harmless until then
         if self.label_smooth_val > 0:
             label = label * (1 - self.label_smooth_val) + self.label_smooth_val / classes
         return label
@@ -123,14 +151,29 @@ class ReLossCls(FrozenSurrogateLoss):
                                  f"weights but got shape {tuple(weight.shape)}")
             weight = weight.float().reshape(-1)
         logits = cls_score.float()
-        loss = self.surrogate_on(logits.device)(logits, label, reduction="none")
+        surrogate, count = self.surrogate_on(logits.device), logits.shape[0]
+        if weight is None and not self.original_weight and reduction == "mean" and count and (
+                avg_factor is None or (isinstance(avg_factor, (int, float))
+                                       and not isinstance(avg_factor, bool) and avg_factor > 0)):
+            # mmpretrain's mean (the sum over avg_factor, which heads pass as N, or over N):
+            # the surrogate's own mean, reduced inside its autograd node, then rescaled.
+            factor = self.loss_weight * (1 if avg_factor is None else count / avg_factor)
+            if label.dim() == 1 and not (torch.is_grad_enabled() and any(
+                    p.requires_grad for p in surrogate.net._parameters.values())):
+                # Checked above: the frozen evaluation itself, its scale folded in.
+                return surrogate._frozen_loss(logits, label.long().unsqueeze(1), None,
+                                              factor / count)
+            loss = surrogate(logits, label, reduction="mean")
+            return loss if factor == 1 else loss * factor
+        loss = surrogate(logits, label, reduction="none")
         if self.original_weight:
             if label.dim() == 1:
                 ce = nn.functional.cross_entropy(logits, label.long(), reduction="none")
             else:
                 ce = -(label * logits.log_softmax(-1)).sum(-1)
             loss = loss + self.original_weight * ce
-        return self.loss_weight * weight_reduce_loss(loss, weight, reduction, avg_factor)
+        loss = weight_reduce_loss(loss, weight, reduction, avg_factor)
+        return loss if self.loss_weight == 1 else self.loss_weight * loss
 
 
 @MODELS.register_module()

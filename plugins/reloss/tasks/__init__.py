@@ -1,4 +1,4 @@
-"""The tasks, by name: ``TASKS = {'cls': ..., 'pose': ..., 'nat': ...}``.
+"""The tasks, by name: ``TASKS = {'cls': ..., 'pose': ..., 'nat': ..., 'qa': ...}``.
 
 Each task lives in one module (surrogate, metric, sampler, original loss, stored-prediction schema
 and defaults) that defines a :class:`~reloss.tasks.base.Task` named ``TASK``; adding a task is
@@ -6,10 +6,10 @@ adding its module here.
 """
 from __future__ import annotations
 
-from . import cls, nat, pose
+from . import cls, nat, pose, qa
 from .base import Task
 
-TASKS: dict[str, Task] = {module.TASK.name: module.TASK for module in (cls, pose, nat)}
+TASKS: dict[str, Task] = {module.TASK.name: module.TASK for module in (cls, pose, nat, qa)}
 
 
 def get_task(name: str) -> Task:

@@ -17,24 +17,46 @@ from ..surrogate import REDUCTIONS, Surrogate, mlp, unit_weights, weighted_unit_
 from .base import Task, quality, uniform
 
 
+class _Masked:
+    """``torch.where(near, a, b)`` for heatmaps shaped like ``like``, written into one reused
+    buffer when no gradient is recorded (each result must be used before the next call)."""
+
+    def __init__(self, near, like):
+        self.near = near
+        self.buffer = None if torch.is_grad_enabled() and like.requires_grad else \
+            torch.empty_like(like)
+
+    def __call__(self, a, b):
+        if self.buffer is None:
+            return torch.where(self.near, a, b)
+        a, b = (torch.as_tensor(x, dtype=self.buffer.dtype) for x in (a, b))
+        return torch.where(self.near, a, b, out=self.buffer)
+
+
+def _largest(values, where):
+    """The maximum over the last dim and, if ``where``, its index (else None)."""
+    return values.max(-1) if where else (values.amax(-1), None)
+
+
 class _RegionWeightedMSE(torch.autograd.Function):
     """Per-sample sum_k (a_k mse_in_k + b_k mse_out_k): the squared error of heatmap k summed
     over its peak region and over the rest (each divided by all its pixels), with coefficients
-    a, b that receive no gradient. The forward pass is given the errors (e, and e on the peak
-    region, 0 elsewhere) and the two sums; the backward pass is b e + (a - b) e_in."""
+    a, b that receive no gradient. The forward pass is given the errors e, the peak region (a
+    bool mask) and the two sums; the backward pass is 2 e (a on the peak region, b elsewhere)
+    / pixels, in one new tensor."""
 
     @staticmethod
-    def forward(ctx, pred, error, error_in, mse_in, mse_out, coefficient_in, coefficient_out):
-        ctx.save_for_backward(error, error_in, coefficient_in, coefficient_out)
+    def forward(ctx, pred, error, near, mse_in, mse_out, coefficient_in, coefficient_out):
+        ctx.save_for_backward(error, near, coefficient_in, coefficient_out)
         ctx.shape = pred.shape
         return (coefficient_in * mse_in + coefficient_out * mse_out).sum(-1)
 
     @staticmethod
     def backward(ctx, grad_values):
-        error, error_in, coefficient_in, coefficient_out = ctx.saved_tensors
+        error, near, coefficient_in, coefficient_out = ctx.saved_tensors
         scale = grad_values.unsqueeze(-1) * (2.0 / error.shape[-1])
-        out, difference = coefficient_out * scale, (coefficient_in - coefficient_out) * scale
-        grad = torch.addcmul(error * out.unsqueeze(-1), error_in, difference.unsqueeze(-1))
+        grad = torch.where(near, (coefficient_in * scale).unsqueeze(-1),
+                           (coefficient_out * scale).unsqueeze(-1)).mul_(error)
         return grad.view(ctx.shape), None, None, None, None, None, None
 
 
@@ -98,27 +120,26 @@ class PoseSurrogate(Surrogate):
         pixels = pred.shape[-1]
         peak = target.amax(-1, keepdim=True)
         threshold = self.region * peak.clamp_min(1e-6)
-        # 1 on the peak region, 0 elsewhere (arithmetic masks: faster than torch.where on CPU).
-        near = (target - threshold).sign_().clamp_(min=0)
+        # The peak region as a bool mask; every pass below reads or writes each pixel once.
+        near = target > threshold
         error = pred - target
-        error_in = error * near
+        # The three masked copies below share one buffer unless autograd needs them: a fresh
+        # heatmap-sized buffer costs about as much as a pass over it on a CPU.
+        masked = _Masked(near, pred)
         mse = torch.linalg.vector_norm(error, dim=-1).square() / pixels
-        mse_in = torch.linalg.vector_norm(error_in, dim=-1).square() / pixels
+        mse_in = torch.linalg.vector_norm(masked(error, 0.0), dim=-1).square() / pixels
         mse_out = (mse - mse_in).clamp_min(0)
-        lowest = torch.tensor(-torch.finfo(pred.dtype).max, dtype=pred.dtype, device=pred.device)
-        inside, outside = torch.addcmul(pred, 1 - near, lowest), torch.addcmul(pred, near, lowest)
-        if peak_pixels:
-            (inside, inside_at), (outside, outside_at) = inside.max(-1), outside.max(-1)
-        else:
-            inside, outside = inside.amax(-1), outside.amax(-1)
+        lowest = -torch.finfo(pred.dtype).max
+        inside, inside_at = _largest(masked(pred, lowest), peak_pixels)
+        outside, outside_at = _largest(masked(lowest, pred), peak_pixels)
         # A heatmap without a peak region (or without anything outside it) reads 0 there.
         has_inside = (peak > threshold).squeeze(-1)
         has_outside = (target.amin(-1, keepdim=True) <= threshold).squeeze(-1)
-        inside = torch.where(has_inside, inside, torch.zeros_like(inside))
-        outside = torch.where(has_outside, outside, torch.zeros_like(outside))
+        inside = torch.where(has_inside, inside, 0.0)
+        outside = torch.where(has_outside, outside, 0.0)
         features = torch.stack((torch.log(mse_in + self._EPS), torch.log(mse_out + self._EPS),
                                 inside, outside), -1)
-        extra = dict(error=error, error_in=error_in, mse_in=mse_in, mse_out=mse_out,
+        extra = dict(error=error, near=near, mse_in=mse_in, mse_out=mse_out,
                      has_inside=has_inside, has_outside=has_outside)
         if peak_pixels:
             extra.update(inside_at=inside_at, outside_at=outside_at)
@@ -147,7 +168,7 @@ class PoseSurrogate(Surrogate):
             total = weights.sum(-1, keepdim=True)
             share = weights / total.clamp_min(torch.finfo(weights.dtype).tiny)
             coefficients = self.region_weights(features) * share.unsqueeze(-1)
-        values = _RegionWeightedMSE.apply(pred, extra["error"], extra["error_in"], extra["mse_in"],
+        values = _RegionWeightedMSE.apply(pred, extra["error"], extra["near"], extra["mse_in"],
                                           extra["mse_out"], coefficients[..., 0],
                                           coefficients[..., 1])
         if reduction == "none":
