@@ -43,18 +43,12 @@ def class_targets(form, count, classes, generator):
     return 0.9 * one_hot + 0.1 / classes  # label smoothing: every class non-zero
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("classes", [10, _FEW_CLASSES + 1, 1000])
-@pytest.mark.parametrize("form", ["hard", "mixup", "smoothed"])
-def test_classification_frozen_path_equals_autograd(dtype, classes, form):
-    frozen, trainable = surrogates("cls", dtype)
-    generator = torch.Generator().manual_seed(classes)
-    count = 16
-    # Scales from near-uniform to far-apart logits (whose exps underflow at T = 0.1); float32
-    # carries z / T with an absolute error of ulp(z / T), so it is compared at moderate scales.
-    scales = (0.1, 2.0, 8.0) if dtype == torch.float32 else (0.1, 2.0, 40.0)
+def compare_classification(frozen, trainable, form, count, classes, scales, dtype, generator,
+                           zero_weight):
+    """The frozen and the plain autograd evaluation agree (value and gradient) on logits at each
+    scale, with and without sample weights (one of them 0), under every reduction."""
     weight = torch.rand(count, generator=generator, dtype=torch.float64) + 0.5
-    weight[2] = 0.0
+    weight[zero_weight] = 0.0
     for scale in scales:
         logits = (scale * torch.randn(count, classes, generator=generator,
                                       dtype=torch.float64)).to(dtype)
@@ -68,6 +62,20 @@ def test_classification_frozen_path_equals_autograd(dtype, classes, form):
                 where = f"{scale=} {w is None=} {reduction=}"
                 torch.testing.assert_close(fast, plain, **TOLERANCE[dtype],
                                            msg=lambda m, where=where: f"{where}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("classes", [10, _FEW_CLASSES + 1, 1000])
+@pytest.mark.parametrize("form", ["hard", "mixup", "smoothed"])
+def test_classification_frozen_path_equals_autograd(dtype, classes, form):
+    frozen, trainable = surrogates("cls", dtype)
+    generator = torch.Generator().manual_seed(classes)
+    count = 16
+    # Scales from near-uniform to far-apart logits (whose exps underflow at T = 0.1); float32
+    # carries z / T with an absolute error of ulp(z / T), so it is compared at moderate scales.
+    scales = (0.1, 2.0, 8.0) if dtype == torch.float32 else (0.1, 2.0, 40.0)
+    compare_classification(frozen, trainable, form, count, classes, scales, dtype, generator,
+                           zero_weight=2)
 
 
 def perturbed_surrogates(temperatures, dtype, seed=0):
@@ -97,21 +105,8 @@ def test_single_and_several_temperatures_equal_autograd(dtype, temperatures, cla
     frozen, trainable = perturbed_surrogates(temperatures, dtype, seed=classes)
     generator = torch.Generator().manual_seed(classes)
     count = 12
-    weight = torch.rand(count, generator=generator, dtype=torch.float64) + 0.5
-    weight[3] = 0.0
-    for scale in (0.1, 3.0):
-        logits = (scale * torch.randn(count, classes, generator=generator,
-                                      dtype=torch.float64)).to(dtype)
-        target = class_targets(form, count, classes, generator)
-        if target.is_floating_point():
-            target = target.to(dtype)
-        for w in (None, weight.to(dtype)):
-            for reduction in ("none", "mean", "sum"):
-                fast = value_and_grad(frozen, logits, target, w, reduction=reduction)
-                plain = value_and_grad(trainable, logits, target, w, reduction=reduction)
-                where = f"{scale=} {w is None=} {reduction=}"
-                torch.testing.assert_close(fast, plain, **TOLERANCE[dtype],
-                                           msg=lambda m, where=where: f"{where}: {m}")
+    compare_classification(frozen, trainable, form, count, classes, (0.1, 3.0), dtype, generator,
+                           zero_weight=3)
 
 
 def test_single_temperature_backward_twice_and_empty_batch():
