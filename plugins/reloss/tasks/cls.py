@@ -318,37 +318,37 @@ class ClassificationSurrogate(Surrogate):
         return dict(temperatures=list(self.temperatures), knots=self.knots, span=self.span,
                     linear=self.linear)
 
-    def _frozen_table(self, like, parameters=None):
-        """The temperatures and the learned functions' parameters as plain tensors of the dtype
-        and device of ``like``, laid out for _FrozenClassificationLoss; one cached per dtype and
-        device, until a parameter changes."""
+    def _cached_table(self, kind, build, like, parameters=None):
+        """``build(dtype, device)``, cached under ``kind`` per dtype and device of ``like`` until
+        a parameter changes (its storage or its version)."""
         parameters = self.net._parameters.values() if parameters is None else parameters
         versions = tuple((p.data_ptr(), p._version) for p in parameters)
         tables = self.__dict__.setdefault("_tables", {})
-        cached = tables.get((like.dtype, like.device))
+        key = (kind, like.dtype, like.device)
+        cached = tables.get(key)
         if cached is None or cached[0] != versions:
-            dtype, device = like.dtype, like.device
+            cached = tables[key] = (versions, build(like.dtype, like.device))
+        return cached[1]
+
+    def _frozen_table(self, like, parameters=None):
+        """The temperatures and the learned functions' parameters as plain tensors of the dtype
+        and device of ``like``, laid out for _FrozenClassificationLoss (cached)."""
+        def build(dtype, device):
             centres, inverse_widths, heights, scaled_heights, linear = \
                 self.net.frozen_parameters(dtype, device)
             temperatures = torch.tensor(self.temperatures, dtype=dtype, device=device)
             features = len(self.temperatures)
-            table = (tuple(1 / t for t in self.temperatures),
-                     (1 / temperatures).view(features, 1, 1), temperatures.view(features, 1, 1),
-                     inverse_widths.unsqueeze(-1), (-centres * inverse_widths).unsqueeze(-1),
-                     scaled_heights.reshape(1, -1), heights.unsqueeze(1),
-                     linear.view(features, 1, 1), -linear.view(1, features))
-            cached = tables[(dtype, device)] = (versions, table)
-        return cached[1]
+            return (tuple(1 / t for t in self.temperatures),
+                    (1 / temperatures).view(features, 1, 1), temperatures.view(features, 1, 1),
+                    inverse_widths.unsqueeze(-1), (-centres * inverse_widths).unsqueeze(-1),
+                    scaled_heights.reshape(1, -1), heights.unsqueeze(1),
+                    linear.view(features, 1, 1), -linear.view(1, features))
+
+        return self._cached_table("general", build, like, parameters)
 
     def _single_table(self, like, parameters=None):
-        """The learned function's parameters laid out for _single_temperature_loss, as
-        _frozen_table caches them."""
-        parameters = self.net._parameters.values() if parameters is None else parameters
-        versions = tuple((p.data_ptr(), p._version) for p in parameters)
-        tables = self.__dict__.setdefault("_single_tables", {})
-        cached = tables.get((like.dtype, like.device))
-        if cached is None or cached[0] != versions:
-            dtype, device = like.dtype, like.device
+        """The learned function's parameters laid out for _single_temperature_loss (cached)."""
+        def build(dtype, device):
             (temperature,) = self.temperatures
             centres, inverse_widths, heights, scaled_heights, linear = \
                 self.net.frozen_parameters(torch.float64, device)
@@ -358,9 +358,9 @@ class ClassificationSurrogate(Surrogate):
                      -temperature * heights.view(-1, 1), -temperature * linear.view(1, 1),
                      float(linear) * temperature,
                      torch.full((1, 1), -1.0, dtype=torch.float64, device=device))
-            table = tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in table)
-            cached = tables[(dtype, device)] = (versions, table)
-        return cached[1]
+            return tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in table)
+
+        return self._cached_table("single", build, like, parameters)
 
     def _frozen_loss(self, logits, index, share, scale=None, parameters=None):
         """Per-sample values of the frozen surrogate, or with ``scale`` their sum times it, with
