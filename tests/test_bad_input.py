@@ -335,15 +335,25 @@ def test_classification_surrogate_property(count, classes, dtype, form, scale, w
     (grad,) = torch.autograd.grad(values.sum(), logits)
     assert finite(values, grad)
     assert bool((values.double().abs() <= ABSURD * (1 + reference)).all()), (values, reference)
-    if weight is not None and bool((weight == 0).any()):
-        masked = weight == 0
-        changed = logits.detach().clone()
-        changed[masked] = randn((int(masked.sum()), classes), 1e3, dtype, generator)
-        changed.requires_grad_()
-        again = surrogate(changed, labels, weight, reduction="sum")
-        (grad_again,) = torch.autograd.grad(again, changed)
-        torch.testing.assert_close(again, values.sum())
-        torch.testing.assert_close(grad_again[~masked], grad[~masked])
+    assert_zero_weight_units_are_ignored(surrogate, logits, labels, weight, values, grad,
+                                         generator)
+
+
+def assert_zero_weight_units_are_ignored(surrogate, pred, target, weight, values, grad,
+                                         generator):
+    """Replacing the predictions of the units with weight 0 by huge values changes neither the
+    summed loss nor the gradient at the other units."""
+    if weight is None or not bool((weight == 0).any()):
+        return
+    masked = weight == 0
+    changed = pred.detach().clone()
+    changed[masked] = randn((int(masked.sum()), *pred.shape[masked.dim():]), 1e3, pred.dtype,
+                            generator)
+    changed.requires_grad_()
+    again = surrogate(changed, target, weight, reduction="sum")
+    (grad_again,) = torch.autograd.grad(again, changed)
+    torch.testing.assert_close(again, values.sum())
+    torch.testing.assert_close(grad_again[~masked], grad[~masked])
 
 
 def heatmap_case(count, keypoints, height, width, dtype, generator):
@@ -372,15 +382,8 @@ def test_pose_surrogate_property(count, keypoints, height, width, dtype, weighti
     counted = per_keypoint if weight is None else torch.where(weight > 0, per_keypoint, 0.0)
     bound = counted.amax(-1) * (1 + 1e-3) + 1e-6
     assert bool((values.double() <= bound).all() & (values >= 0).all()), (values, bound)
-    if weight is not None and bool((weight == 0).any()):
-        masked = weight == 0
-        changed = output.detach().clone()
-        changed[masked] = randn((int(masked.sum()), height, width), 1e3, dtype, generator)
-        changed.requires_grad_()
-        again = surrogate(changed, target, weight, reduction="sum")
-        (grad_again,) = torch.autograd.grad(again, changed)
-        torch.testing.assert_close(again, values.sum())
-        torch.testing.assert_close(grad_again[~masked], grad[~masked])
+    assert_zero_weight_units_are_ignored(surrogate, output, target, weight, values, grad,
+                                         generator)
 
 
 def sequence_case(count, length, vocabulary, dtype, scale, generator):
