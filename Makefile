@@ -29,20 +29,20 @@ benchmark: $(STAMP)
 
 # Train small models with each shipped surrogate and with the loss it replaces (about 5 min each).
 benchmark-training: $(STAMP)
-	for task in cls pose nat; do \
+	for task in cls pose nat qa; do \
 		$(BIN)/python -m tools.benchmark_training --task $$task --force || exit 1; done
 
-# The regime matrices: every cls and pose regime, design and held-out splits, 4 seeds (about an
-# hour on 2 cores; add --quick for a few minutes per regime).
+# The regime matrices: every cls, pose, nat and qa regime, design and held-out splits, 4 seeds (about
+# three hours on 2 cores; add --quick for a few minutes per regime).
 benchmark-matrix: $(STAMP)
-	for task in cls pose; do $(BIN)/python -m tools.benchmark_training --task $$task \
+	for task in cls pose nat qa; do $(BIN)/python -m tools.benchmark_training --task $$task \
 		--regimes all --seeds 4 --out work_dirs/benchmark_matrix/$$task --force || exit 1; done
 
 # MSE against ReLossPose through mmpose's pipeline and CocoMetric on generated data (under 10 min).
 pose-proxy: $(STAMP)
 	$(BIN)/python -m tools.pose_proxy --out work_dirs/pose_proxy/$$(date +%Y%m%d_%H%M%S)
 
-# nat_loss against reloss_nat with fairseq-train and fairseq-generate on a generated corpus (<10 min).
+# nat_loss against reloss_nat with fairseq-train and fairseq-generate on a generated corpus, 8 paired seeds (about 15 min).
 nat-proxy: $(STAMP)
 	$(BIN)/python -m tools.nat_proxy --out work_dirs/nat_proxy/$$(date +%Y%m%d_%H%M%S)
 

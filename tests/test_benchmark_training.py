@@ -12,6 +12,7 @@ from tools import benchmark_training
 from tools.reference import cls as reference_cls
 from tools.reference import nat as reference_nat
 from tools.reference import pose as reference_pose
+from tools.reference import qa as reference_qa
 from tools.reference import select
 
 
@@ -99,8 +100,19 @@ def test_every_task_has_a_matrix_with_both_splits_where_it_is_built():
     assert len(pose_options) >= 6
     assert {o["figures"] for o in pose_options} == set(reference_pose.FIGURES)
     assert {o["optimizer"] for o in pose_options} == {"adam", "sgd"}
-    for task in (reference_cls, reference_pose, reference_nat):
+    nat_splits = [r.split for r in reference_nat.REGIMES.values()]
+    assert len(nat_splits) >= 6 and min(map(nat_splits.count, ("design", "held-out"))) >= 3
+    nat_options = [r.options for r in reference_nat.REGIMES.values()]
+    assert {o["pair"] for o in nat_options} == set(reference_nat.PAIRS) == {"a", "b"}
+    assert {o["label_smoothing"] > 0 for o in nat_options} == {True, False}
+    assert len({o["dim"] for o in nat_options}) >= 2
+    qa_splits = [r.split for r in reference_qa.REGIMES.values()]
+    assert qa_splits.count("design") >= 2 and qa_splits.count("held-out") >= 2
+    for task in (reference_cls, reference_pose, reference_nat, reference_qa):
         assert set(task.REFERENCE) <= set(task.REGIMES) and task.TOLERANCE > 0
+    # Every task of the package has a reference task for the benchmark.
+    for name in reloss.TASKS:
+        assert benchmark_training.reference_task(name).REGIMES
 
 
 def test_seeds_of_an_arm_differ_and_repeat(tmp_path):
@@ -176,6 +188,17 @@ def test_label_smoothing_smooths_both_losses_as_fairseq():
                                0.9 * nll + 0.1 * spread)
     torch.testing.assert_close(functions["surrogate"](logits, target, weight),
                                0.9 * surrogate(logits, target, weight) + 0.1 * spread)
+
+
+def test_label_smoothing_is_the_regimes_unless_given():
+    """--label-smoothing E applies to every regime; without it each nat regime's own."""
+    smoothed, plain = reference_nat.REGIMES["a-ls"], reference_nat.REGIMES["default"]
+    assert benchmark_training.label_smoothing(None, smoothed) == 0.1
+    assert benchmark_training.label_smoothing(None, plain) == 0.0
+    assert benchmark_training.label_smoothing(0.0, smoothed) == 0.0
+    assert benchmark_training.label_smoothing(0.2, plain) == 0.2
+    assert benchmark_training.label_smoothing(None, reference_cls.REGIMES[
+        next(iter(reference_cls.REGIMES))]) == 0.0
 
 
 def test_a_surrogate_only_run_pairs_with_an_earlier_original_arm(tmp_path, capsys):

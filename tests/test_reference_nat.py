@@ -55,5 +55,38 @@ def test_quick_run_trains_with_cross_entropy():
 
 
 def test_unknown_regime_is_named():
-    with pytest.raises(ValueError, match=r"'regime' should be one of \['default'\] but got"):
+    with pytest.raises(ValueError, match=r"'regime' should be one of \[.*'default'.*\] but got "
+                                         r"'noisy'"):
         nat.run("noisy", nat.original_loss, seed=0, quick=True)
+
+
+def test_second_pair_differs_and_reorders_further():
+    (source, target), _ = nat.data("b")
+    pair = nat.PAIRS["b"]
+    assert int(target.max()) < pair.vocab and pair.vocab > nat.VOCAB
+    ratio_a = ((nat.data("a")[0][1] != nat.PAD).sum() / (nat.data("a")[0][0] != nat.PAD).sum())
+    ratio_b = (target != nat.PAD).sum() / (source != nat.PAD).sum()
+    assert float(ratio_b) > float(ratio_a) + 0.03
+    kind, phrases = nat._language(torch.Generator().manual_seed(pair.seed), pair)
+    modifier = kind.index(1)
+    plain = [w for w, k in enumerate(kind) if k == 0 and phrases[w][0]][:2]
+    # A modifier's phrase moves behind two plain words' phrases (one in pair a).
+    assert nat._translate([modifier, *plain], kind, phrases, reach=2) == (
+        phrases[plain[0]][0] + phrases[plain[1]][0] + phrases[modifier][0])
+    assert nat._translate([modifier, *plain], kind, phrases, reach=1) == (
+        phrases[plain[0]][0] + phrases[modifier][0] + phrases[plain[1]][0])
+
+
+def test_stored_predictions_along_training_load_for_pretraining(tmp_path):
+    from reloss.predictions import load_predictions
+
+    path = tmp_path / "nat.pt"
+    finals = nat.store_predictions(str(path), nat.original_loss, [0], "b-small", count=6,
+                                   quick=True)
+    assert len(finals) == 1 and finals[0] > nat.CHANCE
+    groups = load_predictions(str(path), "nat", 2, torch.Generator().manual_seed(0))
+    assert len(groups) == 10  # a snapshot at every tenth of training, 3 chunks of 2 sentences
+    logits, target, weight = groups[0]
+    assert logits.shape[:2] == (3, 2) and logits.shape[-1] == nat.PAIRS["b"].vocab
+    assert logits.shape[:3] == target.shape == weight.shape
+    assert bool(((target == nat.PAD) == (weight == 0)).all())

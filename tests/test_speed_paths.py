@@ -230,3 +230,17 @@ def test_benchmark_loss_times_every_loss(capsys):
         for loss in ("cross-entropy", "ReLossCls", "surrogate")}
     assert all(r["ms"] > 0 for r in record)
     assert "| cls, 128 x 10 logits | ReLossCls |" in capsys.readouterr().out
+
+
+def test_saved_bytes_counts_what_autograd_keeps_but_not_the_inputs():
+    from tools import benchmark_loss
+
+    logits = torch.randn(8, 100)
+    labels = torch.randint(100, (8,))
+    # cross_entropy keeps its log_softmax output (8 x 100 floats); a sum keeps nothing.
+    held = benchmark_loss.saved_bytes(
+        lambda z: torch.nn.functional.cross_entropy(z, labels), (logits,))
+    assert held >= 8 * 100 * 4
+    assert benchmark_loss.saved_bytes(lambda z: z.sum(), (logits,)) == 0
+    # z * z saves z itself, the input: not counted.
+    assert benchmark_loss.saved_bytes(lambda z: (z * z).sum(), (logits,)) == 0

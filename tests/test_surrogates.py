@@ -2,9 +2,11 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
+import reloss
+from reloss.checkpoint import save_surrogate
 from reloss.surrogate import Surrogate
 from reloss.tasks.cls import ClassificationSurrogate
-from reloss.tasks.nat import PAD, SequenceSurrogate
+from reloss.tasks.nat import PAD, SequenceSurrogate, bag_of_ngrams_distance
 from reloss.tasks.pose import PoseSurrogate, gaussian_heatmaps
 
 
@@ -475,3 +477,125 @@ def test_classification_soft_labels_over_every_class_equal_the_nonzero_ones():
     torch.testing.assert_close(every, nonzero)
     grads = [torch.autograd.grad(v.sum(), logits)[0] for v in (every, nonzero)]
     torch.testing.assert_close(grads[0], grads[1])
+
+
+# Sequence, sentence-level form (ngrams > 0): token cross-entropy plus learned weights on
+# bag-of-n-grams distances.
+
+def one_hot_log_p(output, target, vocab=12):
+    """log p_t(target_s) (N, T, T) of predictions sure of ``output`` (N, T)."""
+    logits = torch.full((*output.shape, vocab), -1e4, dtype=torch.float64)
+    logits.scatter_(-1, output.unsqueeze(-1), 0.0)
+    length = target.shape[1]
+    return logits.log_softmax(-1).gather(-1, target.unsqueeze(1).expand(-1, length, -1))
+
+
+def test_distance_of_sure_predictions_is_one_minus_clipped_precision():
+    """Counted by hand: reference 5 6 5 6 7, output 5 5 5 6 7. Unigrams: 5 clipped to 2, 6 once,
+    7 once: 4/5. Bigrams 55 55 56 67 against 56 65 56 67: 56 and 67 match: 2/4. Trigrams 555 556
+    567 against 565 656 567: 1/3. 4- and 5-grams: none. No 6-gram at all: 0."""
+    target = torch.tensor([[5, 6, 5, 6, 7]])
+    output = torch.tensor([[5, 5, 5, 6, 7]])
+    present = torch.ones(1, 5, dtype=torch.bool)
+    distance = bag_of_ngrams_distance(one_hot_log_p(output, target), target, present, 6)
+    torch.testing.assert_close(distance, torch.tensor([[1 / 5, 2 / 4, 2 / 3, 1.0, 1.0, 0.0]],
+                                                      dtype=torch.float64))
+    # A shifted copy matches every n-gram but the ones across the shift.
+    shifted = torch.tensor([[6, 5, 6, 5, 6]])
+    distance = bag_of_ngrams_distance(one_hot_log_p(shifted, target), target, present, 2)
+    torch.testing.assert_close(distance, torch.tensor([[1 / 5, 1 / 4]], dtype=torch.float64))
+
+
+def test_distance_counts_runs_of_present_positions_only():
+    target = torch.tensor([[5, 6, 7, PAD, PAD]])
+    present = target != PAD
+    output = torch.tensor([[5, 6, 8, 5, 6]])  # what padding positions hold does not count
+    distance = bag_of_ngrams_distance(one_hot_log_p(output, target), target, present, 4)
+    torch.testing.assert_close(distance, torch.tensor([[1 / 3, 1 / 2, 1.0, 0.0]],
+                                                      dtype=torch.float64))
+
+
+def test_distance_is_expected_clipped_count_under_independent_positions():
+    """Against a Monte Carlo estimate: E[min(count, clip)] is not min(E[count], clip), so the
+    expected-count form (Shao et al.) is compared where nothing is clipped: unique tokens."""
+    generator = torch.Generator().manual_seed(0)
+    target = torch.tensor([[4, 5, 6, 7]])
+    logits = torch.randn(1, 4, 8, generator=generator, dtype=torch.float64)
+    log_p = logits.log_softmax(-1).gather(-1, target.unsqueeze(1).expand(-1, 4, -1))
+    distance = bag_of_ngrams_distance(log_p, target, torch.ones(1, 4, dtype=torch.bool), 2)
+    draws = torch.distributions.Categorical(logits=logits[0]).sample((200000,))
+    unigram = (draws.unsqueeze(-1) == target[0]).any(-2).float()  # no repeats in the target
+    bigram_hits = sum(((draws[:, t] == target[0, s]) & (draws[:, t + 1] == target[0, s + 1]))
+                      .double() for t in range(3) for s in range(3))
+    assert float(distance[0, 1]) == pytest.approx(1 - float(bigram_hits.mean()) / 3, abs=5e-3)
+    hits = sum((draws[:, t] == target[0, s]).double() for t in range(4) for s in range(4))
+    assert float(distance[0, 0]) == pytest.approx(1 - float(hits.mean()) / 4, abs=5e-3)
+    assert float(unigram.mean()) > 0  # the draw reached the reference tokens
+
+
+def test_ngram_value_is_cross_entropy_plus_weighted_distances():
+    surrogate = SequenceSurrogate(ngrams=3, ngram_weight=0.7).double()
+    logits, target, weight = sequence_batch()
+    logits, weight = logits.double(), weight.double()
+    present = weight > 0
+    log_p = logits.log_softmax(-1)
+    nll = -log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    length = target.shape[1]
+    clean = target.masked_fill(~present, 0)
+    distance = bag_of_ngrams_distance(
+        log_p.gather(-1, clean.unsqueeze(1).expand(-1, length, -1)), clean, present, 3)
+    tokens = weight.sum(-1)
+    per_sentence = (nll * weight).sum(-1) / tokens.clamp_min(1) + 0.7 * distance.sum(-1)
+    values = surrogate(logits, target, weight, reduction="none")
+    torch.testing.assert_close(values, per_sentence)
+    # 'mean' is a mean over tokens, as token cross-entropy's.
+    torch.testing.assert_close(surrogate(logits, target, weight),
+                               (per_sentence * tokens).sum() / tokens.sum())
+
+
+def test_ngram_gradcheck_with_label_smoothing_and_padding():
+    torch.manual_seed(0)
+    surrogate = SequenceSurrogate(ngrams=4).double()
+    logits, target, weight = sequence_batch(length=5, vocab=9)
+    logits = logits.double().requires_grad_()
+    weight = weight.double()
+    assert gradcheck(lambda x: surrogate.training_terms(x, target, weight, 0.1)[0], (logits,))
+    assert gradcheck(lambda x: surrogate(x, target, weight, reduction="none"), (logits,))
+    loss = surrogate(logits, target, weight)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert float(grad[weight == 0].abs().max()) == 0.0
+    assert float(grad[weight > 0].abs().max()) > 0.0
+
+
+def test_ngram_sure_and_right_predictions_cost_nothing():
+    surrogate = SequenceSurrogate(ngrams=4)
+    _, target, weight = sequence_batch()
+    logits = torch.full((*target.shape, 30), -30.0).scatter_(-1, target.unsqueeze(-1), 30.0)
+    assert float(surrogate(logits, target, weight)) == pytest.approx(0.0, abs=1e-6)
+    wrong = logits.roll(1, dims=-1)
+    assert float(surrogate(wrong, target, weight)) > 10.0
+
+
+def test_ngram_checkpoint_round_trip(tmp_path):
+    surrogate = SequenceSurrogate(ngrams=2, ngram_weight=1.5)
+    with torch.no_grad():
+        surrogate.theta.copy_(torch.tensor([0.2, -0.3]))
+    path = tmp_path / "ngram.pt"
+    save_surrogate(surrogate, path, "nat", "reloss.tasks.nat:sequence_metric")
+    loaded = reloss.load_surrogate(str(path))
+    assert loaded.config() == surrogate.config() and loaded.ngrams == 2
+    torch.testing.assert_close(loaded.ngram_weights, surrogate.ngram_weights)
+    logits, target, weight = sequence_batch()
+    torch.testing.assert_close(loaded(logits, target, weight), surrogate(logits, target, weight))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(ngrams=-1), r"'ngrams' should be an int in \[0, 8\] but got -1"),
+    (dict(ngrams=2.0), r"'ngrams' should be an int in \[0, 8\] but got 2.0"),
+    (dict(ngrams=True), r"'ngrams' should be an int in \[0, 8\] but got True"),
+    (dict(ngrams=2, ngram_weight=0), r"'ngram_weight' should be a number in \(0, 1000\) but "
+                                     r"got 0"),
+])
+def test_ngram_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SequenceSurrogate(**kwargs)

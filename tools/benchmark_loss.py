@@ -12,7 +12,9 @@ cross-entropy against the bare nat surrogate, 32 sentences of 32 tokens, 32000-w
 
 A repeat times each loss once, forward and backward from the same leaf predictions, in an order
 that rotates from repeat to repeat, so that drifts in machine speed hit every loss alike. Prints
-the median of each and its ratio to the original loss of the same run.
+the median of each and its ratio to the original loss of the same run, and the memory each loss
+holds from its forward to its backward pass: the tensors autograd saves for the backward pass,
+counted once each, the predictions themselves left out (they are held in any case).
 """
 from __future__ import annotations
 
@@ -117,6 +119,25 @@ def time_losses(losses, inputs, repeats, warmup, device):
     return times
 
 
+def saved_bytes(loss, inputs):
+    """Bytes of the distinct tensors autograd saves for ``loss(*inputs)``'s backward pass,
+    without ``inputs`` (whose storage the caller holds anyway)."""
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    held = {leaf.untyped_storage().data_ptr() for leaf in leaves}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in held:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = loss(*leaves)
+    out.backward()
+    return sum(saved.values())
+
+
 def main(argv=None):
     head, _, rest = __doc__.partition("\n")
     parser = argparse.ArgumentParser(prog="python -m tools.benchmark_loss", description=head,
@@ -142,8 +163,8 @@ def main(argv=None):
              else f"cpu ({cpu_name()})")
     print(f"{where}, {torch.get_num_threads()} threads, torch {torch.__version__}; median ms of "
           f"forward + backward, losses interleaved")
-    print("| size | loss | median ms | / original |")
-    print("|---|---|---|---|")
+    print("| size | loss | median ms | / original | held for backward, MB | / original |")
+    print("|---|---|---|---|---|---|")
     record = []
     for task in args.task:
         for size in SIZES[task]:
@@ -151,12 +172,16 @@ def main(argv=None):
             repeats = args.repeats or DEFAULT_REPEATS[task]
             times = time_losses(losses, inputs, repeats, args.warmup, device)
             medians = {name: statistics.median(values) for name, values in times.items()}
+            held = {name: saved_bytes(loss, inputs) for name, loss in losses.items()}
             original = next(iter(medians.values()))
+            original_held = max(next(iter(held.values())), 1)
             for name, value in medians.items():
                 ratio = value / original
-                print(f"| {title} | {name} | {value:.3f} | {ratio:.2f} |", flush=True)
+                print(f"| {title} | {name} | {value:.3f} | {ratio:.2f} | {held[name] / 2**20:.2f} "
+                      f"| {held[name] / original_held:.2f} |", flush=True)
                 record.append(dict(task=task, size=list(size), loss=name, ms=value,
-                                   ratio=ratio, repeats=repeats))
+                                   ratio=ratio, repeats=repeats, saved_bytes=held[name],
+                                   saved_ratio=held[name] / original_held))
     return record
 
 

@@ -27,12 +27,15 @@ chosen) or the held-out split (measured at the end, never tuned on). ``--regimes
 'reference' (the default: the regimes the shipped surrogates were first designed on), 'design',
 'held-out', 'all' or regime names. Every arm and seed runs in every regime.
 
-For 'nat', ``--label-smoothing E`` smooths the original loss as fairseq's ``nat_loss`` does and the
-surrogate as ``reloss_nat`` does (``(1 - E) loss + E mean_k(-log p(k))``), in every arm.
+For 'nat', label smoothing E smooths the original loss as fairseq's ``nat_loss`` does and the
+surrogate as ``reloss_nat`` does (``(1 - E) loss + E mean_k(-log p(k))``), in every arm: E is the
+regime's ``label_smoothing`` (0.1 in the regimes that name it), or ``--label-smoothing E`` in every
+regime.
 
 The reference tasks (tools/reference/) need no download: 'cls' trains small classifiers on
 scikit-learn's digits; 'pose' small heatmap models on generated keypoint images; 'nat' a small
-non-autoregressive transformer on a generated parallel corpus, decoded with predicted lengths.
+non-autoregressive transformer on a generated parallel corpus, decoded with predicted lengths;
+'qa' a tiny BERT (transformers) on generated extractive QA, scored by the decoded answer's F1.
 Prints a progress bar per run, then the table (final metric, worst seed, each arm against the
 original loss seed by seed: the paired difference, its mean and standard error; the metric after
 the first 10% of training, collapsed seeds, the surrogate's share of the gradient in the mixed
@@ -81,10 +84,10 @@ def build_parser():
                         help="default: original surrogate mixed; 'scaled' is the control c x "
                              "original, c the surrogate's median gradient norm over the "
                              "original's on the task's synthetic chunks")
-    parser.add_argument("--label-smoothing", type=float, default=0.0, metavar="E",
+    parser.add_argument("--label-smoothing", type=float, default=None, metavar="E",
                         help="nat: smooth token cross-entropy as fairseq's nat_loss does and the "
                              "surrogate as reloss_nat does, (1 - E) loss + E mean_k(-log p(k)) "
-                             "(default 0)")
+                             "(default: each regime's, 0 unless it names one)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: small models run fastest that way)")
     return parser
@@ -103,7 +106,8 @@ def parse_args(argv=None):
     for weight in args.original_weight or ():
         if not (math.isfinite(weight) and weight >= 0):
             parser.error(f"--original-weight should be finite numbers >= 0 but got {weight}")
-    if not 0 <= args.label_smoothing < 1 or (args.label_smoothing and args.task != "nat"):
+    if args.label_smoothing is not None and (not 0 <= args.label_smoothing < 1
+                                             or (args.label_smoothing and args.task != "nat")):
         parser.error(f"--label-smoothing should be in [0, 1), and is for --task nat only, but "
                      f"got {args.label_smoothing} with --task {args.task}")
     task = reference_task(args.task)
@@ -165,6 +169,12 @@ def gradient_scale(surrogate, task, chunks=256):
         task, chunks, torch.Generator().manual_seed(0)))
     ratio = pretrain.gradient_norms(surrogate, data) / data["baseline_grad_norm"].clamp_min(1e-30)
     return float(ratio.median())
+
+
+def label_smoothing(given, regime):
+    """The label smoothing of a regime's run: ``--label-smoothing`` where given (not None), else
+    the regime's ``label_smoothing`` option (0 where it has none)."""
+    return regime.options.get("label_smoothing", 0.0) if given is None else given
 
 
 def loss_functions(task, surrogate, mixed_arms, label_smoothing=0.0, scale=None):
@@ -360,7 +370,11 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     scale = gradient_scale(surrogate, args.task) if "scaled" in args.arms else None
     args.scale = scale
-    functions = loss_functions(task, surrogate, args.mixed_arms, args.label_smoothing, scale)
+
+    def regime_functions(name):
+        smoothing = label_smoothing(args.label_smoothing, task.REGIMES[name])
+        return loss_functions(task, surrogate, args.mixed_arms, smoothing, scale)
+
     arms = [name for arm in ARMS if arm in args.arms
             for name in (args.mixed_arms if arm == "mixed" else [arm])]
     started = time.time()
@@ -374,7 +388,9 @@ def main(argv=None):
         if len(args.regimes) > 1:
             print(f"[reloss] regime '{name}' ({regime.split}: {regime.description}):", flush=True)
 
-        def train(run, bar, name=name):
+        functions = regime_functions(name)
+
+        def train(run, bar, name=name, functions=functions):
             fn = functions[run.arm]
             if isinstance(fn, MixedLoss):
                 fn.shares = []
@@ -406,6 +422,8 @@ def main(argv=None):
                 record["paired"] = experiment.paired(
                     {r["seed"]: r["final"] for r in results[name]["original"]["runs"]},
                     {r["seed"]: r["final"] for r in record["runs"]})
+    functions = loss_functions(task, surrogate, args.mixed_arms, args.label_smoothing or 0.0,
+                               scale)
     timings = time_losses(task, {arm: functions[arm] for arm in ("original", *arms)})
     seconds = time.time() - started
 

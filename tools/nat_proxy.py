@@ -1,7 +1,7 @@
 """A translation experiment that runs on a CPU: nat_loss against reloss_nat with fairseq's own
 command-line tools.
 
-    python -m tools.nat_proxy [--out DIR] [--seeds 4] [--first-seed 0] [--updates 1600] [--jobs 2]
+    python -m tools.nat_proxy [--out DIR] [--seeds 8] [--first-seed 0] [--updates 1600] [--jobs 2]
                               [--criteria nat_loss reloss_nat] [--fairseq-args "..."] [--force]
 
 Writes the generated language pair of ``tools/reference/nat.py`` (words that become 0-3 target
@@ -136,7 +136,7 @@ def generate(data_bin, checkpoint, log):
 
 
 def build_parser():
-    parser = experiment.parser(__doc__, "nat_proxy", seeds=4, module="tools.nat_proxy")
+    parser = experiment.parser(__doc__, "nat_proxy", seeds=8, module="tools.nat_proxy")
     parser.add_argument("--updates", type=int, default=1600,
                         help="training updates per run (default 1600)")
     parser.add_argument("--jobs", type=int, default=2, help="trainings run at once (default 2)")

@@ -38,8 +38,17 @@ def vocabulary():
     return [*SPECIAL, "。", "？", "，", *QUESTION, *KEYS, *BODY]
 
 
-def generate(count, seed, facts=(2, 3), prefix="q"):
-    """``count`` SQuAD-style examples (see the module's docstring), seeded."""
+def generate(count, seed, facts=(2, 3), prefix="q", answer_lengths=None):
+    """``count`` SQuAD-style examples (see the module's docstring), seeded: passages of
+    ``facts`` = (fewest, most) facts; answers of ``answer_lengths`` = (shortest, longest)
+    characters, uniform, or None for the proxy's (1 + an exponential of mean 3, at most 10)."""
+    if answer_lengths is not None and not (
+            len(answer_lengths) == 2 and 1 <= answer_lengths[0] <= answer_lengths[1]):
+        raise ValueError(f"'answer_lengths' should be None or (shortest, longest) with "
+                         f"1 <= shortest <= longest but got {answer_lengths!r}")
+    if not (len(facts) == 2 and 1 <= facts[0] <= facts[1] <= len(KEYS)):
+        raise ValueError(f"'facts' should be (fewest, most) with 1 <= fewest <= most <= "
+                         f"{len(KEYS)} but got {facts!r}")
     rng = random.Random(seed)
     examples = []
     while len(examples) < count:
@@ -47,7 +56,9 @@ def generate(count, seed, facts=(2, 3), prefix="q"):
         parts, spans = [], []
         for key in keys:
             parts.append("".join(rng.choices(BODY, k=rng.randint(1, 6))) + "，")
-            answer = "".join(rng.choices(BODY, k=min(10, int(rng.expovariate(1 / 3)) + 1)))
+            length = (min(10, int(rng.expovariate(1 / 3)) + 1) if answer_lengths is None
+                      else rng.randint(*answer_lengths))
+            answer = "".join(rng.choices(BODY, k=length))
             start = sum(map(len, parts)) + len(key)
             parts.append(key + answer + "。")
             spans.append((key, answer, start))

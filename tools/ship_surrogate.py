@@ -3,12 +3,14 @@
     python -m tools.ship_surrogate work_dirs/surrogate_cls cls [--force]
     python -m tools.ship_surrogate work_dirs/surrogate_cls cls --force \
         --benchmark work_dirs/benchmark_training/cls/results.json
+    python -m tools.ship_surrogate work_dirs/nat/ng4r2 nat --force \
+        --benchmark work_dirs/bt/design/results.json --proxy work_dirs/nat_proxy/8/results.json
 
 Copies DIR/surrogate.pt to plugins/reloss/checkpoints/NAME.pt and DIR/model_card.json to NAME.json,
 after checking the checkpoint against the card's sha256, and records the sha256 in manifest.json,
 which ``reloss.load_surrogate(NAME)`` checks on every load. ``--benchmark`` adds the figures of
 ``tools/benchmark_training.py`` runs on this very checkpoint (same sha256) to the model card, next
-to its ranking figures.
+to its ranking figures; ``--proxy`` those of ``tools/nat_proxy.py`` runs that trained with it.
 """
 import argparse
 import json
@@ -45,14 +47,36 @@ def benchmark_summary(parser, path, card):
     return summary
 
 
-def main():
+def proxy_summary(parser, path, card):
+    """The figures of a proxy's results.json (``tools/nat_proxy.py``), checked to have trained
+    with this checkpoint: per criterion and seed the final metric, and the paired differences."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        parser.error(f"--proxy {path}: cannot read it ({error})")
+    used = record.get("provenance", {}).get("surrogates", {}) if isinstance(record, dict) else {}
+    if card["sha256"] not in used.values() or not isinstance(record.get("runs"), dict):
+        parser.error(f"--proxy {path}: not a proxy run that trained with this checkpoint "
+                     f"(sha256 {card['sha256'][:12]}...); it used "
+                     f"{', '.join(v[:12] + '...' for v in used.values()) or 'none'}")
+    summary = {key: record[key] for key in ("provenance", "seeds", "updates", "fairseq_args",
+                                            "seconds", "paired") if key in record}
+    summary["runs"] = {name: [{key: run[key] for key in run if key != "log"} for run in runs]
+                       for name, runs in record["runs"].items()}
+    return summary
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="an --out folder of tools/pretrain_surrogate.py")
     parser.add_argument("name", help="the name to load it by, e.g. cls")
     parser.add_argument("--force", action="store_true", help="replace a shipped surrogate")
     parser.add_argument("--benchmark", nargs="+", default=[], metavar="RESULTS_JSON",
                         help="results.json of tools/benchmark_training.py runs to record")
-    args = parser.parse_args()
+    parser.add_argument("--proxy", nargs="+", default=[], metavar="RESULTS_JSON",
+                        help="results.json of tools/nat_proxy.py runs to record")
+    args = parser.parse_args(argv)
     source = os.path.join(args.folder, "surrogate.pt")
     with open(os.path.join(args.folder, "model_card.json"), encoding="utf-8") as f:
         card = json.load(f)
@@ -60,6 +84,8 @@ def main():
         parser.error(f"{source} does not match the sha256 in its model card")
     for path in args.benchmark:
         card.setdefault("training_benchmark", []).append(benchmark_summary(parser, path, card))
+    for path in args.proxy:
+        card.setdefault("proxy", []).append(proxy_summary(parser, path, card))
     manifest = checkpoint.shipped()
     if args.name in manifest and not args.force:
         parser.error(f"'{args.name}' is already shipped; pass --force to replace it")

@@ -1,7 +1,7 @@
 """Reference training tasks for ``tools/benchmark_training.py``: small models trained from scratch
 on generated or bundled data (no download), with the original loss, the surrogate, or both.
 
-Each module (``cls``, ``pose``, ``nat``) defines:
+Each module (``cls``, ``pose``, ``nat``, ``qa``) defines:
 
 - ``METRIC`` (str): the metric's label in tables, e.g. "test accuracy (%)".
 - ``CHANCE`` (float): the metric of a model that learned nothing (collapse and "trains" checks).
@@ -65,3 +65,33 @@ def select(regimes, reference, names):
                              f"({', '.join(regimes)}) but got {name!r}")
         chosen += [n for n in group if n not in chosen]
     return [n for n in regimes if n in chosen]
+
+
+def prediction_parser(models, original):
+    """The command line of a task's ``main`` that stores predictions along training: ``--out``,
+    ``--checkpoint`` and ``--seeds``; ``models`` names the reference models, ``original`` the
+    loss trained with by default."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=f"Store predictions of {models} along their training, for "
+                    f"tools/pretrain_surrogate.py --data.")
+    parser.add_argument("--out", required=True, help="the prediction file (.pt) to write")
+    parser.add_argument("--checkpoint", help="train with this surrogate (a name or a path) "
+                                             f"instead of {original}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+    return parser
+
+
+def checkpoint_loss(parser, checkpoint, task, default):
+    """The surrogate ``--checkpoint`` names, checked to be one for ``task``; ``default`` when
+    none is given."""
+    if not checkpoint:
+        return default
+    import reloss
+
+    surrogate = reloss.load_surrogate(checkpoint)
+    if surrogate.task != task:
+        parser.error(f"--checkpoint {checkpoint!r} is a '{surrogate.task}' surrogate, "
+                     f"not a '{task}' one")
+    return surrogate

@@ -17,28 +17,75 @@ Adam (lr 5e-3, betas 0.9 / 0.98), linear warm-up over the first tenth then cosin
 sentence pairs a step, 300 steps (60 with ``quick``).
 """
 import math
+import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from reloss import metrics
-from tools.reference import Regime, regime
+from tools.reference import Regime, checkpoint_loss, prediction_parser, regime
 
 METRIC = "BLEU, predicted length"
 CHANCE = 0.0
 TOLERANCE = 0.3  # BLEU: a regime's paired mean below -0.3 misses the goal
-REGIMES = {"default": Regime("design", "the generated pair, Adam, 300 steps")}
-REFERENCE = ("default",)
 DATA_SEED = 0
 
 BOS, PAD, EOS, UNK, FIRST_TOKEN = 0, 1, 2, 3, 4  # reloss.tasks.nat.PAD / FIRST_TOKEN
-SOURCE_WORDS, TARGET_WORDS = 64, 160
-VOCAB = FIRST_TOKEN + SOURCE_WORDS + TARGET_WORDS
-SOURCE_LENGTHS = (3, 12)
 MAX_TARGET = 40
 TRAIN_PAIRS, TEST_PAIRS = 6000, 500
 LENGTH_LOSS_FACTOR = 0.1
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A generated language pair: vocabulary sizes, how many target words a source word becomes
+    (probabilities of 0, 1, 2, 3), the share of plain, modifier and marker words, how many plain
+    words' phrases a modifier's phrase moves behind, and the source lengths."""
+
+    source_words: int
+    target_words: int
+    fertility: tuple
+    kinds: tuple
+    reach: int
+    source_lengths: tuple
+    seed: int
+
+    @property
+    def vocab(self):
+        return FIRST_TOKEN + self.source_words + self.target_words
+
+
+PAIRS = {
+    # The reference pair: target/source length about 1.25, local reordering.
+    "a": Pair(64, 160, (0.05, 0.7, 0.2, 0.05), (0.72, 0.2, 0.08), 1, (3, 12), DATA_SEED),
+    # Longer targets (about 1.6x the source), a larger vocabulary, more modifiers, and a
+    # modifier's phrase moves behind the next two plain words' phrases.
+    "b": Pair(80, 200, (0.05, 0.45, 0.35, 0.15), (0.6, 0.3, 0.1), 2, (3, 11), 1),
+}
+SOURCE_WORDS, TARGET_WORDS = PAIRS["a"].source_words, PAIRS["a"].target_words
+VOCAB = PAIRS["a"].vocab
+SOURCE_LENGTHS = PAIRS["a"].source_lengths
+
+
+def _regime(split, pair="a", dim=64, layers=2, steps=300, smoothing=0.0, note=""):
+    description = (f"pair {pair}, width {dim} x {layers}+{layers} layers, Adam, {steps} steps"
+                   + (f", label smoothing {smoothing:g}" if smoothing else "") + note)
+    return Regime(split, description, dict(pair=pair, dim=dim, layers=layers, steps=steps,
+                                           label_smoothing=smoothing))
+
+
+REGIMES = {
+    "default": _regime("design"),
+    "a-ls": _regime("design", smoothing=0.1),
+    "b-small": _regime("design", pair="b", dim=48),
+    "b-default": _regime("held-out", pair="b"),
+    "b-ls-wide": _regime("held-out", pair="b", dim=96, smoothing=0.1),
+    "a-small-ls": _regime("held-out", dim=32, smoothing=0.1),
+    "a-wide-long": _regime("held-out", dim=96, steps=600),
+}
+REFERENCE = ("default",)
 
 
 def original_loss(pred, target, weight):
@@ -61,37 +108,41 @@ def timing_inputs(generator):
 
 # The corpus.
 
-def _language(generator):
+def _language(generator, pair=PAIRS["a"]):
     """The word-level rules: per source word its class and its two translations."""
-    ranks = torch.arange(1, TARGET_WORDS + 1, dtype=torch.float32)
+    ranks = torch.arange(1, pair.target_words + 1, dtype=torch.float32)
     target_frequency = 1.0 / ranks.sqrt()
-    fertility = torch.multinomial(torch.tensor([0.05, 0.7, 0.2, 0.05]), SOURCE_WORDS,
+    fertility = torch.multinomial(torch.tensor(pair.fertility), pair.source_words,
                                   replacement=True, generator=generator)
-    kind = torch.multinomial(torch.tensor([0.72, 0.2, 0.08]), SOURCE_WORDS, replacement=True,
+    kind = torch.multinomial(torch.tensor(pair.kinds), pair.source_words, replacement=True,
                              generator=generator)  # 0 plain, 1 modifier, 2 marker
     phrases = []
-    for word in range(SOURCE_WORDS):
-        pair = []
+    for word in range(pair.source_words):
+        choices = []
         for _ in range(2):
             count = int(fertility[word]) if kind[word] != 2 else 0
             picks = torch.multinomial(target_frequency, max(count, 1), generator=generator)
-            pair.append([FIRST_TOKEN + SOURCE_WORDS + int(p) for p in picks[:count]])
-        phrases.append(pair)
+            choices.append([FIRST_TOKEN + pair.source_words + int(p) for p in picks[:count]])
+        phrases.append(choices)
     return kind.tolist(), phrases
 
 
-def _translate(source, kind, phrases):
+def _translate(source, kind, phrases, reach=1):
     """Target ids for a list of source word indices (0-based)."""
     units, context = [], 0
     for word in source:
         units.append([list(phrases[word][context]), kind[word]])
         context = 1 if kind[word] == 2 else 0
-    # A modifier's phrase moves behind the next plain word's phrase.
+    # A modifier's phrase moves behind the phrases of the next ``reach`` plain words (as many of
+    # them as follow it directly).
     i = 0
     while i < len(units) - 1:
         if units[i][1] == 1 and units[i + 1][1] == 0:
-            units[i], units[i + 1] = units[i + 1], units[i]
-            i += 2
+            hop = 1
+            while hop < reach and i + hop + 1 < len(units) and units[i + hop + 1][1] == 0:
+                hop += 1
+            units[i:i + hop + 1] = units[i + 1:i + hop + 1] + [units[i]]
+            i += hop + 1
         else:
             i += 1
     return [token for phrase, _ in units for token in phrase]
@@ -100,20 +151,22 @@ def _translate(source, kind, phrases):
 _DATA = {}
 
 
-def data():
-    """(train, test): each (source (M, S), target (M, T)) right-padded with ``PAD``."""
-    if "pairs" not in _DATA:
-        generator = torch.Generator().manual_seed(DATA_SEED)
-        kind, phrases = _language(generator)
-        frequency = 1.0 / torch.arange(1, SOURCE_WORDS + 1, dtype=torch.float32).pow(0.8)
-        frequency = frequency[torch.randperm(SOURCE_WORDS, generator=generator)]
+def data(pair="a"):
+    """(train, test) of the named pair: each (source (M, S), target (M, T)) right-padded with
+    ``PAD``."""
+    if pair not in _DATA:
+        spec = PAIRS[pair]
+        generator = torch.Generator().manual_seed(spec.seed)
+        kind, phrases = _language(generator, spec)
+        frequency = 1.0 / torch.arange(1, spec.source_words + 1, dtype=torch.float32).pow(0.8)
+        frequency = frequency[torch.randperm(spec.source_words, generator=generator)]
         sources, targets = [], []
         while len(sources) < TRAIN_PAIRS + TEST_PAIRS:
-            length = int(torch.randint(SOURCE_LENGTHS[0], SOURCE_LENGTHS[1] + 1, (1,),
+            length = int(torch.randint(spec.source_lengths[0], spec.source_lengths[1] + 1, (1,),
                                        generator=generator))
             source = torch.multinomial(frequency, length, replacement=True,
                                        generator=generator).tolist()
-            target = _translate(source, kind, phrases)
+            target = _translate(source, kind, phrases, spec.reach)
             if 1 <= len(target) <= MAX_TARGET:
                 sources.append([FIRST_TOKEN + w for w in source])
                 targets.append(target)
@@ -125,9 +178,9 @@ def data():
             return out
 
         cut = TRAIN_PAIRS
-        _DATA["pairs"] = ((pad(sources[:cut]), pad(targets[:cut])),
-                          (pad(sources[cut:]), pad(targets[cut:])))
-    return _DATA["pairs"]
+        _DATA[pair] = ((pad(sources[:cut]), pad(targets[:cut])),
+                       (pad(sources[cut:]), pad(targets[cut:])))
+    return _DATA[pair]
 
 
 # The model.
@@ -148,10 +201,10 @@ def uniform_copy(source_lengths, target_lengths, length):
 
 
 class NAT(nn.Module):
-    def __init__(self, dim=64, heads=4, layers=2):
+    def __init__(self, dim=64, heads=4, layers=2, vocab=VOCAB):
         super().__init__()
         self.dim = dim
-        self.embed = nn.Embedding(VOCAB, dim, padding_idx=PAD)
+        self.embed = nn.Embedding(vocab, dim, padding_idx=PAD)
         nn.init.normal_(self.embed.weight, std=dim ** -0.5)  # as fairseq
         nn.init.zeros_(self.embed.weight[PAD])
         self.register_buffer("positions", _sinusoid(64, dim), persistent=False)
@@ -165,7 +218,7 @@ class NAT(nn.Module):
         self.decoder = nn.TransformerDecoder(layer(nn.TransformerDecoderLayer), layers)
         self.length = nn.Linear(dim, MAX_TARGET + 1)
         self.norm = nn.LayerNorm(dim)
-        self.out = nn.Linear(dim, VOCAB)
+        self.out = nn.Linear(dim, vocab)
 
     def encode(self, source):
         padding = source == PAD
@@ -235,14 +288,15 @@ def evaluate(net, source, target, gold=False, batch=250):
 
 def run(name, loss_fn, seed, quick=False, progress=None, steps=None, batch=64, lr=5e-3,
         gold=False, snapshot=None):
-    """Train a fresh NAT with ``loss_fn(logits, targets, weights)`` + the length cross-entropy;
-    test BLEU (predicted lengths) along training. ``gold=True`` also records gold-length BLEU;
-    ``snapshot(fraction, net)`` is called at each tenth of training."""
-    regime(REGIMES, name)
-    (source, target), (test_source, test_target) = data()
-    steps = steps or (60 if quick else 300)
+    """Train a fresh NAT in the regime ``name`` with ``loss_fn(logits, targets, weights)`` + the
+    length cross-entropy; test BLEU (predicted lengths) along training. ``gold=True`` also records
+    gold-length BLEU; ``snapshot(fraction, net)`` is called at each tenth of training. The
+    regime's ``label_smoothing`` is applied by the caller's loss (tools/benchmark_training.py)."""
+    options = regime(REGIMES, name).options
+    (source, target), (test_source, test_target) = data(options["pair"])
+    steps = steps or (60 if quick else options["steps"])
     torch.manual_seed(seed)
-    net = NAT()
+    net = NAT(dim=options["dim"], layers=options["layers"], vocab=PAIRS[options["pair"]].vocab)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.98))
     warmup = max(steps // 10, 1)
     generator = torch.Generator().manual_seed(seed)
@@ -278,3 +332,65 @@ def run(name, loss_fn, seed, quick=False, progress=None, steps=None, batch=64, l
     if gold:
         out.update(gold_curve=gold_curve, gold_final=gold_curve[-1][1])
     return out
+
+
+@torch.no_grad()
+def gold_length_logits(net, source, target):
+    """The net's logits (N, T, V) for ``target``'s gold lengths (as in training)."""
+    net.eval()
+    embedded, states, padding, _ = net.encode(source[:, :int((source != PAD).sum(-1).max())])
+    width = int((target != PAD).sum(-1).max())
+    logits = net.decode(embedded, states, padding, (target != PAD).sum(-1))
+    net.train()
+    return logits, target[:, :width]
+
+
+def store_predictions(path, loss_fn, seeds, name="default", count=256, quick=False):
+    """Train a NAT per seed in the regime ``name`` with ``loss_fn`` and store its gold-length
+    logits on the first ``count`` training pairs (never the test pairs) at every tenth of
+    training, as a prediction file of reloss/predictions.py (one group per snapshot) for
+    ``tools/pretrain_surrogate.py --data``. Returns the final test BLEU per seed."""
+    (source, target), _ = data(regime(REGIMES, name).options["pair"])
+    source, target = source[:count], target[:count]
+    logits, targets = [], []
+
+    def record(fraction, net):
+        out, kept = gold_length_logits(net, source, target)
+        logits.append(F.pad(out, (0, 0, 0, MAX_TARGET - out.shape[1])))
+        targets.append(F.pad(kept, (0, MAX_TARGET - kept.shape[1]), value=PAD))
+
+    finals = [run(name, loss_fn, seed, quick=quick, snapshot=record)["final"] for seed in seeds]
+    targets = torch.cat(targets)
+    torch.save(dict(task="nat", logits=torch.cat(logits), targets=targets,
+                    target_weights=(targets != PAD).float(),
+                    group=torch.arange(len(logits)).repeat_interleave(count)), path)
+    return finals
+
+
+def main(argv=None):
+    import reloss
+
+    parser = prediction_parser("reference NATs", "token cross-entropy")
+    parser.add_argument("--ngram-weight", type=float, metavar="W",
+                        help="train with token cross-entropy plus W times each of the 1- to "
+                             "4-gram bag distances (an unpretrained SequenceSurrogate(ngrams=4, "
+                             "ngram_weight=W)) instead")
+    parser.add_argument("--regime", default="default", choices=sorted(REGIMES))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    loss_fn = checkpoint_loss(parser, args.checkpoint, "nat", original_loss)
+    if args.ngram_weight is not None:
+        if args.checkpoint:
+            parser.error("--checkpoint and --ngram-weight: give one of them")
+        try:
+            loss_fn = reloss.SequenceSurrogate(ngrams=4, ngram_weight=args.ngram_weight)
+        except ValueError as error:
+            parser.error(f"--ngram-weight: {error}")
+    if os.path.exists(args.out):
+        parser.error(f"--out {args.out} already exists; remove it or choose another path")
+    finals = store_predictions(args.out, loss_fn, args.seeds, args.regime)
+    print(f"wrote {args.out}; final {METRIC}: " + ", ".join(f"{f:.2f}" for f in finals))
+
+
+if __name__ == "__main__":
+    main()

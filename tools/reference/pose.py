@@ -36,7 +36,7 @@ from torch import nn
 
 from reloss.metrics import pck_accuracy
 from reloss.tasks.pose import gaussian_heatmaps, keypoint_mse_per_chunk
-from tools.reference import Regime, regime
+from tools.reference import Regime, checkpoint_loss, prediction_parser, regime
 
 METRIC = "PCK@0.05 (fraction)"
 CHANCE = 1.0 / 256  # a random argmax over 16 x 16 heatmap pixels
@@ -306,26 +306,10 @@ def store_predictions(path, loss_fn, seeds, count=256, data_seed=1):
 
 
 def main(argv=None):
-    import argparse
-
-    import reloss
-
-    parser = argparse.ArgumentParser(
-        description="Store predictions of reference nets along their training, for "
-                    "tools/pretrain_surrogate.py --data.")
-    parser.add_argument("--out", required=True, help="the prediction file (.pt) to write")
-    parser.add_argument("--checkpoint", help="train with this surrogate (a name or a path) "
-                                             "instead of the original loss (MSE)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+    parser = prediction_parser("reference nets", "the original loss (MSE)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    loss_fn = original_loss
-    if args.checkpoint:
-        surrogate = reloss.load_surrogate(args.checkpoint)
-        if surrogate.task != "pose":
-            parser.error(f"--checkpoint {args.checkpoint!r} is a '{surrogate.task}' surrogate, "
-                         f"not a 'pose' one")
-        loss_fn = surrogate
+    loss_fn = checkpoint_loss(parser, args.checkpoint, "pose", original_loss)
     finals = store_predictions(args.out, loss_fn, args.seeds)
     print(f"wrote {args.out}; final {METRIC}: " + ", ".join(f"{f:.3f}" for f in finals))
 

@@ -32,30 +32,33 @@ def _sinusoid(positions, dim):
 
 
 class _TokenScores(torch.autograd.Function):
-    """Per position, from logits (N, T, V) and token ids (N, T, 3) (target, previous and next
-    target token): log p(target), log p(target) - max over other tokens of log p, log p(previous),
-    log p(next), and with ``spread`` also the mean over the vocabulary of -log p (label
-    smoothing's term), as (N, T, 4 or 5). Positions where ``present`` (N, T) is False read 0 and
-    get a zero gradient, whatever their logits hold (NaN included).
+    """Per position, from logits (N, T, V) and token ids (N, T, K) (the target token first): the
+    log-probability of each of the K tokens; with ``margin`` then log p(target) - max over other
+    tokens of log p; with ``spread`` then the mean over the vocabulary of -log p (label
+    smoothing's term): (N, T, K [+ 1] [+ 1]). Positions where ``present`` (N, T) is False read 0
+    and get a zero gradient, whatever their logits hold (NaN included).
 
-    Three passes over the vocabulary forward (log-sum-exp, top two; a mean with ``spread``) and
-    one backward (the softmax, written in place of the gradient), instead of autograd's passes
-    through log_softmax, scatter and max.
+    Two or three passes over the vocabulary forward (log-sum-exp; the top two with ``margin``; a
+    mean with ``spread``) and one backward (the softmax, written in place of the gradient),
+    instead of autograd's passes through log_softmax, scatter and max.
     """
 
     @staticmethod
-    def forward(ctx, logits, tokens, spread, present):
+    def forward(ctx, logits, tokens, margin, spread, present):
         normalizer = torch.logsumexp(logits, -1, keepdim=True)
         picked = logits.gather(-1, tokens)
-        top2, top2_index = logits.topk(2, dim=-1)
-        is_top = top2_index[..., :1] == tokens[..., :1]
-        best_other = torch.where(is_top, top2[..., 1:], top2[..., :1])
-        best_other_index = torch.where(is_top, top2_index[..., 1:], top2_index[..., :1])
-        log_p = picked - normalizer
-        ctx.save_for_backward(logits, normalizer, tokens, best_other_index, present)
-        out = [log_p[..., :1], picked[..., :1] - best_other, log_p[..., 1:]]
+        out = [picked - normalizer]
+        best_other_index = tokens[..., :0]
+        if margin:
+            top2, top2_index = logits.topk(2, dim=-1)
+            is_top = top2_index[..., :1] == tokens[..., :1]
+            best_other = torch.where(is_top, top2[..., 1:], top2[..., :1])
+            best_other_index = torch.where(is_top, top2_index[..., 1:], top2_index[..., :1])
+            out.append(picked[..., :1] - best_other)
         if spread:
             out.append(normalizer - logits.mean(-1, keepdim=True))
+        ctx.save_for_backward(logits, normalizer, tokens, best_other_index, present)
+        ctx.flags = margin, spread
         out = torch.cat(out, -1)
         # Each value above reads its own position only: masking them here keeps whatever an
         # absent position holds out of everything that follows.
@@ -65,18 +68,56 @@ class _TokenScores(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         logits, normalizer, tokens, best_other_index, present = ctx.saved_tensors
-        own, margin, previous, following = grad[..., :4].unbind(-1)
+        margin, spread = ctx.flags
+        count = tokens.shape[-1]
+        picked = grad[..., :count].contiguous()
         # d log p(k) / d z = onehot(k) - softmax; d margin / d z = onehot(target) - onehot(best);
         # d mean_k(-log p(k)) / d z = softmax - 1 / V.
-        coefficient = -(own + previous + following)
-        if grad.shape[-1] == 5:
-            coefficient = coefficient + grad[..., 4]
+        coefficient = -picked.sum(-1)
+        if spread:
+            coefficient = coefficient + grad[..., -1]
         out = torch.sub(logits, normalizer).exp_().mul_(coefficient.unsqueeze(-1))
-        if grad.shape[-1] == 5:
-            out.sub_((grad[..., 4] / logits.shape[-1]).unsqueeze(-1))
-        out.scatter_add_(-1, tokens, torch.stack((own + margin, previous, following), -1))
-        out.scatter_add_(-1, best_other_index, -margin.unsqueeze(-1))
-        return out.masked_fill_(~present.unsqueeze(-1), 0), None, None, None
+        if spread:
+            out.sub_((grad[..., -1] / logits.shape[-1]).unsqueeze(-1))
+        if margin:
+            picked[..., 0] += grad[..., count]
+            out.scatter_add_(-1, best_other_index, -grad[..., count:count + 1])
+        out.scatter_add_(-1, tokens, picked)
+        return out.masked_fill_(~present.unsqueeze(-1), 0), None, None, None, None
+
+
+def bag_of_ngrams_distance(log_p: torch.Tensor, target: torch.Tensor, present: torch.Tensor,
+                           max_n: int) -> torch.Tensor:
+    """Per sentence and n = 1 .. ``max_n``, one minus the expected clipped n-gram precision of
+    the output, as (N, max_n).
+
+    ``log_p`` (N, T, T) holds log p_t(target_s): what output position t gives the target token
+    at position s. Output positions are independent (as a non-autoregressive model's are), so the
+    expected number of times the reference n-gram starting at s occurs in the output is
+    ``E(s) = sum_t prod_{i<n} p_{t+i}(target_{s+i})``; clipped by the n-gram's count in the
+    reference, summed over the reference's n-grams and divided by their number, it is the
+    expected clipped match rate: the bag-of-n-grams precision of Shao et al. (AAAI 2020, who
+    minimise the L1 distance between the two bags, twice this value times the count). n-grams
+    are counted over runs of ``present`` positions; a sentence with no n-gram reads 0.
+    Cost O(N T^2) per n.
+    """
+    keep = present.unsqueeze(-1) & present.unsqueeze(-2)
+    prob = torch.where(keep, log_p.exp(), torch.zeros((), dtype=log_p.dtype,
+                                                      device=log_p.device))
+    same = target.unsqueeze(-1) == target.unsqueeze(-2)
+    joint, equal, valid, out = prob, same, present, []
+    for n in range(1, max_n + 1):
+        if n > 1:  # extend each n-gram by the next position on both sides
+            joint = joint[:, :-1, :-1] * prob[:, n - 1:, n - 1:]
+            equal = equal[:, :-1, :-1] & same[:, n - 1:, n - 1:]
+            valid = valid[:, :-1] & present[:, n - 1:]
+        expected = joint.sum(1)
+        copies = (equal & valid.unsqueeze(1)).sum(-1).to(prob.dtype)
+        matched = (torch.minimum(expected, copies) / copies.clamp_min(1) * valid).sum(-1)
+        count = valid.sum(-1).to(prob.dtype)
+        out.append(torch.where(count > 0, 1 - matched / count.clamp_min(1),
+                               torch.zeros_like(count)))
+    return torch.stack(out, -1)
 
 
 class SequenceSurrogate(Surrogate):
@@ -97,6 +138,14 @@ class SequenceSurrogate(Surrogate):
     Pretraining learns the gates by ranking. Without ``reweight`` the transformer's output is the
     value itself (free form, the earlier design).
 
+    With ``ngrams`` = n > 0 the surrogate reads whole sentences instead (one unit per sentence):
+    its features are the sentence's token cross-entropy and, for k = 1 .. n, one minus the
+    expected clipped k-gram precision of the output (:func:`bag_of_ngrams_distance`), which sees
+    repeated tokens, dropped ones and shifted outputs. Its value is
+    ``CE + sum_k a_k (1 - precision_k)`` with learned ``a_k = softplus(theta_k) >= 0``: token
+    cross-entropy plus a learned mix of the bag-of-n-grams distances of Shao et al. (AAAI 2020).
+    The transformer is not built; ``reweight`` and ``spread`` do not apply.
+
     Args:
         dim (int): transformer width.
         layers (int): transformer encoder layers.
@@ -104,17 +153,32 @@ class SequenceSurrogate(Surrogate):
         floor (float): log-probabilities are read no lower than this.
         reweight (bool): the value is the token cross-entropy with learned extra weights.
         spread (float): with ``reweight``, the largest extra weight.
+        ngrams (int): 0, or the longest n-gram of the sentence-level form.
+        ngram_weight (float): with ``ngrams``, the initial a_k.
 
     Note:
         N sentences, T target positions, V vocabulary entries; any T and V.
     """
 
-    task, num_features = "nat", 4
+    task = "nat"
 
-    def __init__(self, dim=32, layers=2, heads=4, floor=-20.0, reweight=True, spread=0.5):
+    def __init__(self, dim=32, layers=2, heads=4, floor=-20.0, reweight=True, spread=0.5,
+                 ngrams=0, ngram_weight=0.5):
         super().__init__()
+        if isinstance(ngrams, bool) or not isinstance(ngrams, int) or not 0 <= ngrams <= 8:
+            raise ValueError(f"'ngrams' should be an int in [0, 8] but got {ngrams!r}")
+        if isinstance(ngram_weight, bool) or not isinstance(ngram_weight, (int, float)) \
+                or not 0 < ngram_weight < 1e3:
+            raise ValueError(f"'ngram_weight' should be a number in (0, 1000) but got "
+                             f"{ngram_weight!r}")
         self.dim, self.layers, self.heads, self.floor = dim, layers, heads, floor
         self.reweight, self.spread = reweight, spread
+        self.ngrams, self.ngram_weight = ngrams, float(ngram_weight)
+        self.num_features = 1 + ngrams if ngrams else 4
+        if ngrams:  # a_k = softplus(theta_k), starting at ngram_weight
+            start = math.log(math.expm1(self.ngram_weight))
+            self.theta = nn.Parameter(torch.full((ngrams,), start))
+            return
         self.embed = mlp([self.num_features, dim, dim])
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,
                                            batch_first=True, norm_first=True)
@@ -122,16 +186,24 @@ class SequenceSurrogate(Surrogate):
         self.out = mlp([dim, dim, 1])
 
     def config(self):
-        return dict(dim=self.dim, layers=self.layers, heads=self.heads, floor=self.floor,
-                    reweight=self.reweight, spread=self.spread)
+        config = dict(dim=self.dim, layers=self.layers, heads=self.heads, floor=self.floor,
+                      reweight=self.reweight, spread=self.spread)
+        if self.ngrams:
+            config.update(ngrams=self.ngrams, ngram_weight=self.ngram_weight)
+        return config
+
+    @property
+    def ngram_weights(self):
+        """With ``ngrams``: the weights a_k of the bag-of-n-grams distances, (ngrams,)."""
+        return nn.functional.softplus(self.theta)
 
     def features(self, pred, target, weight=None):
         """pred: (N, T, V) logits; target: (N, T) token ids; weight: (N, T), 0 at padding."""
         return self._features(pred, target, weight)[:2]
 
     def _features(self, pred, target, weight, spread=False):
-        """(features, weights, log p(target) (N, T) before the floor, and with ``spread`` the mean
-        of -log p over the vocabulary (N, T), else None)."""
+        """(features, unit weights, log p(target) (N, T) before the floor, with ``spread`` the mean
+        of -log p over the vocabulary (N, T) else None, position weights (N, T))."""
         check_float("pred", pred)
         check_ndim("pred", pred, (3,), "3-D (N, T, V) logits")
         check_min_size("pred", pred, 2, 2, "V")
@@ -155,11 +227,13 @@ class SequenceSurrogate(Surrogate):
                                  f"{sorted(set(target[outside].tolist()))[:5]}")
         target = torch.where(present, target, torch.zeros((), dtype=target.dtype,
                                                           device=target.device))
+        if self.ngrams:
+            return self._sentence_features(pred, target, weight, present, spread)
         previous = torch.cat((target[:, :1], target[:, :-1]), 1)
         following = torch.cat((target[:, 1:], target[:, -1:]), 1)
         scores = _TokenScores.apply(upcast_half(pred), torch.stack((target, previous, following),
-                                                                   -1), spread, present)
-        own, margin, previous_lp, following_lp = scores[..., :4].unbind(-1)
+                                                                   -1), True, spread, present)
+        own, previous_lp, following_lp, margin = scores[..., :4].unbind(-1)
         # Where there is no neighbour (sentence ends, padding), read the floor.
         floor = torch.full_like(own, self.floor)
         none = torch.zeros_like(present[:, :1])
@@ -167,7 +241,23 @@ class SequenceSurrogate(Surrogate):
         following_lp = torch.where(torch.cat((present[:, 1:], none), 1), following_lp, floor)
         features = torch.stack((own, margin, previous_lp, following_lp), -1)
         features = torch.maximum(features, torch.full_like(features, self.floor))
-        return features, weight.to(features.dtype), own, scores[..., 4] if spread else None
+        weight = weight.to(features.dtype)
+        return features, weight, own, scores[..., 4] if spread else None, weight
+
+    def _sentence_features(self, pred, target, weight, present, spread):
+        """``_features`` of the sentence-level form: (N, 1, 1 + ngrams) features."""
+        length = target.shape[1]
+        scores = _TokenScores.apply(upcast_half(pred), target.unsqueeze(1).expand(-1, length, -1),
+                                    False, spread, present)
+        log_p = scores[..., :length]  # [i, t, s]: log p_t(target_s)
+        own = log_p.diagonal(dim1=1, dim2=2)
+        weight = weight.to(own.dtype)
+        tokens = weight.sum(-1)
+        nll = -(own * weight).sum(-1) / tokens.clamp_min(torch.finfo(own.dtype).tiny)
+        distance = bag_of_ngrams_distance(log_p, target, present, self.ngrams)
+        features = torch.cat((nll.unsqueeze(-1), distance), -1).unsqueeze(1)
+        units = (tokens > 0).to(own.dtype).unsqueeze(1)
+        return features, units, own, scores[..., -1] if spread else None, weight
 
     def position_values(self, features, weights):
         """The transformer's output per position, (N, T), from features (N, T, F)."""
@@ -186,6 +276,9 @@ class SequenceSurrogate(Surrogate):
         return 1 + self.spread * gate * -torch.expm1(detached[..., 0])
 
     def head(self, features, weights):
+        if self.ngrams:
+            values = features[..., 0] + features[..., 1:] @ self.ngram_weights.to(features.dtype)
+            return weighted_unit_mean(values, weights)
         if not self.reweight:
             return weighted_unit_mean(self.position_values(features, weights), weights)
         return weighted_unit_mean(self.token_weights(features, weights) * -features[..., 0],
@@ -210,12 +303,12 @@ class SequenceSurrogate(Surrogate):
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
                 or not 0 <= label_smoothing < 1:
             raise ValueError(f"'label_smoothing' should be in [0, 1) but got {label_smoothing!r}")
-        features, weights, log_p, spread = self._features(pred, target, weight,
-                                                          spread=label_smoothing > 0)
+        features, units, log_p, spread, weights = self._features(pred, target, weight,
+                                                                 spread=label_smoothing > 0)
         tokens = weights.sum(-1)
         total = tokens.sum().clamp_min(torch.finfo(tokens.dtype).tiny)
         nll = -(log_p.detach() * weights).sum() / total
-        value = (self.head(features, weights) * tokens).sum() / total
+        value = (self.head(features, units) * tokens).sum() / total
         loss = value
         if label_smoothing > 0:
             loss = (1 - label_smoothing) * value + label_smoothing * (
