@@ -52,11 +52,12 @@ qa-proxy: $(STAMP)
 	$(BIN)/python -m tools.qa_proxy --out work_dirs/qa_proxy/$$(date +%Y%m%d_%H%M%S)
 
 # Training-step time with ReLoss against the original loss: ResNet-56 (cls), SimpleBaseline (pose),
-# fairseq's NAT-Base (nat).
+# fairseq's NAT-Base (nat), BERT-base for extractive QA (qa).
 benchmark-step: $(STAMP)
 	$(BIN)/python -m tools.benchmark_step --task cls
 	$(BIN)/python -m tools.benchmark_step --task pose
 	$(BIN)/python -m tools.benchmark_step --task nat
+	$(BIN)/python -m tools.benchmark_step --task qa
 
 # Each loss alone, forward + backward, against the loss it replaces (CPU, one thread).
 benchmark-loss: $(STAMP)

@@ -106,8 +106,11 @@ def test_quick_matrix_of_two_regimes_through_the_benchmark(tmp_path, capsys):
                                       design, held_out, "--out", str(out)])
     printed = capsys.readouterr().out
     assert list(record["results"]) == [design, held_out]
-    assert record["metric"] == qa.METRIC and record["default_arm"] == "mixed"
-    assert record["mixed_arms"] == {"mixed": reloss.get_task("qa").default_original_weight}
+    # The shipped surrogate holds the default loss: the default arm is the surrogate alone, and
+    # the mixed arm adds 1 x the default loss (the benchmark's choice where the default is 0).
+    assert reloss.get_task("qa").default_original_weight == 0
+    assert record["metric"] == qa.METRIC and record["default_arm"] == "surrogate"
+    assert record["mixed_arms"] == {"mixed": 1.0}
     for by_arm in record["results"].values():
         assert list(by_arm) == ["original", "surrogate", "mixed"]
         originals = {r["seed"]: r["final"] for r in by_arm["original"]["runs"]}

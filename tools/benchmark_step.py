@@ -1,6 +1,6 @@
 """Training-step time of a model with ReLoss against the loss it replaces, in one run.
 
-    python -m tools.benchmark_step [--task cls|pose|nat] [--batch N] [--steps 20]
+    python -m tools.benchmark_step [--task cls|pose|nat|qa] [--batch N] [--steps 20]
                                    [--device cpu|cuda] [--amp bf16|fp16] [--tokens 32]
 
 'cls': the ReLoss paper's CIFAR ResNet-56 (``ResNetCIFARPaper``, 32x32 inputs) as an mmpretrain
@@ -20,6 +20,11 @@ with --label-smoothing 0.1. Task, model and criterion are built through fairseq'
 tokens (<bos> and <eos> included, no padding), the decoder input made by the task's full_mask
 noise; a training step is ``criterion(model, sample)`` (the criterion runs the model), backward
 and an Adam step (betas 0.9, 0.98, decoupled weight decay 0.01, as fairseq's adam in the recipe).
+
+'qa': BERT-base for extractive QA (transformers' ``BertForQuestionAnswering`` from a ``BertConfig``,
+the shape of hfl/chinese-macbert-base: d 768, 12 layers, 12 heads, 21,128-entry vocabulary), 8
+sequences of 384 tokens by default; the model's own default loss (given the positions) against
+``ReLossQA()`` on its start and end logits, as ``ReLossQATrainer`` computes it; AdamW (lr 3e-5).
 
 Both models are built twice, identical but for the loss and starting from the same weights, and
 whole training steps of the two are timed interleaved, so that drifts in machine speed hit both
@@ -117,6 +122,46 @@ def nat_case(args, device):
     return models, lambda entry: entry[1](entry[0], sample)[0], title
 
 
+QA_VOCABULARY = 21128  # hfl/chinese-macbert-base's (BERT-base's Chinese vocabulary)
+QA_SHAPE = {}  # BertConfig's defaults: BERT-base
+
+
+def qa_case(args, device):
+    """BERT-base for extractive QA (transformers' BertForQuestionAnswering from a BertConfig:
+    MacBERT-base's shape), the model's own default loss against ReLossQA on its logits."""
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    from reloss.transformers import ReLossQA
+
+    config = BertConfig(vocab_size=QA_VOCABULARY, **QA_SHAPE)
+    models = {}
+    for name in ("default loss", "ReLossQA"):
+        torch.manual_seed(0)  # the same weights for both
+        models[name] = (BertForQuestionAnswering(config), ReLossQA() if models else None)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000, QA_VOCABULARY, (args.batch, args.tokens),
+                              generator=generator).to(device)
+    question = args.tokens // 8
+    token_type_ids = (torch.arange(args.tokens) > question).long().expand(args.batch, -1)
+    token_type_ids = token_type_ids.to(device)
+    starts = torch.randint(question + 1, args.tokens - 30, (args.batch,), generator=generator)
+    ends = starts + torch.randint(0, 30, (args.batch,), generator=generator)
+    starts, ends = starts.to(device), ends.to(device)
+
+    def loss(entry):
+        model, reloss = entry
+        if reloss is None:
+            return model(input_ids=input_ids, token_type_ids=token_type_ids,
+                         start_positions=starts, end_positions=ends).loss
+        out = model(input_ids=input_ids, token_type_ids=token_type_ids)
+        return reloss(out.start_logits, out.end_logits, starts, ends)
+
+    title = (f"transformers BertForQuestionAnswering, BERT-base (d {config.hidden_size}, "
+             f"{config.num_hidden_layers} layers, {config.num_attention_heads} heads, "
+             f"{QA_VOCABULARY}-entry vocabulary), batch {args.batch} of {args.tokens} tokens")
+    return models, loss, title
+
+
 def mm_case(case, args, device):
     """cls and pose: mmengine models whose 'loss' mode returns a dict of losses."""
     models, images, samples, title = case(args, device)
@@ -166,30 +211,34 @@ def pose_case(args, device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=["cls", "pose", "nat"], default="cls")
+    parser.add_argument("--task", choices=["cls", "pose", "nat", "qa"], default="cls")
     parser.add_argument("--depth", type=int, default=56, help="cls: ResNet depth")
     parser.add_argument("--batch", type=int,
-                        help="default 128 (cls), 32 (pose), 16 sentences (nat)")
+                        help="default 128 (cls), 32 (pose), 16 sentences (nat), 8 (qa)")
     parser.add_argument("--classes", type=int, default=10, help="cls: number of classes")
-    parser.add_argument("--tokens", type=int, default=32,
+    parser.add_argument("--tokens", type=int,
                         help="nat: tokens per source and per target sentence, <bos> and <eos> "
-                             "included")
+                             "included (default 32); qa: tokens per sequence (default 384)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per loss")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype (GPU)")
     args = parser.parse_args(argv)
-    args.batch = args.batch or dict(cls=128, pose=32, nat=16)[args.task]
+    args.batch = args.batch or dict(cls=128, pose=32, nat=16, qa=8)[args.task]
+    args.tokens = args.tokens or dict(qa=384).get(args.task, 32)
     if args.steps < 1 or args.batch < 1:
         parser.error(f"--steps and --batch should be positive but got {args.steps} and "
                      f"{args.batch}")
-    if args.tokens < 3:
-        parser.error(f"--tokens should be at least 3 (<bos>, a word, <eos>) but got "
-                     f"{args.tokens}")
+    least, what = (64, "a question and a passage") if args.task == "qa" else (
+        3, "<bos>, a word, <eos>")
+    if args.tokens < least:
+        parser.error(f"--tokens should be at least {least} ({what}) but got {args.tokens}")
     device = torch.device(args.device)
     torch.manual_seed(0)
     if args.task == "nat":
         built, forward, title = nat_case(args, device)
+    elif args.task == "qa":
+        built, forward, title = qa_case(args, device)
     else:
         built, forward, title = mm_case(cls_case if args.task == "cls" else pose_case, args,
                                         device)
@@ -199,6 +248,8 @@ def main(argv=None):
         if args.task == "nat":  # fairseq's NAT recipe: --optimizer adam, decoupled weight decay
             optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98),
                                           weight_decay=0.01)
+        elif args.task == "qa":  # transformers' Trainer default: AdamW, weight decay 0
+            optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5, weight_decay=0.0)
         else:
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         models[name] = ((model, *rest), optimizer)

@@ -57,7 +57,7 @@ class ReLossQA(FrozenSurrogateLoss):
     Args:
         checkpoint (str): a shipped surrogate name ('qa') or a path to one.
         ce_weight (float | None): weight of the default QA loss added to the surrogate; None
-            takes the task's default.
+            takes the task's default (0: the shipped surrogate holds the default loss).
         loss_weight (float): multiplies the whole loss.
 
     Note:
