@@ -106,3 +106,13 @@ def test_qa_proxy_runs_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit):
         qa_proxy.main(argv)
     assert "pass --force" in capsys.readouterr().err
+
+
+def test_qa_proxy_passes_its_checkpoint_to_relossqa(tmp_path):
+    """``--checkpoint`` reaches ReLossQA's runs; without it they use the shipped 'qa'."""
+    path = tmp_path / "surrogate.pt"
+    for given, expected in ((None, "qa"), (str(path), str(path))):
+        argv = ["--out", str(tmp_path / "proxy")] + (["--checkpoint", given] if given else [])
+        args = qa_proxy.build_parser().parse_args(argv)
+        run = qa_proxy.finetune_args("m", "t.json", "d.json", "o", "reloss", 0, args)
+        assert run.checkpoint == expected and run.loss == "reloss"

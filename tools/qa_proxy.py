@@ -2,6 +2,7 @@
 
     python -m tools.qa_proxy                        # 5 seeds per loss, about 7.5 minutes on 2 CPUs
     python -m tools.qa_proxy --seeds 2 --epochs 2 --out work_dirs/qa_proxy/quick
+    python -m tools.qa_proxy --checkpoint work_dirs/my_qa/surrogate.pt   # your own surrogate
 
 Writes a generated SQuAD-format set (data/train.json, data/dev.json): passages of CJK characters
 holding 2 or 3 facts, each a one-character key followed by its answer (1 to 10 characters) and
@@ -109,11 +110,12 @@ def finetune_args(model, train, dev, out, loss, seed, args):
         "--seed", str(seed), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
         "--lr", str(args.lr), "--max-length", "64", "--stride", "16", "--force", "--save-logits",
         "--loss-weight", str(args.loss_weight),
-        *(["--ce-weight", str(args.ce_weight)] if args.ce_weight is not None else [])])
+        *(["--ce-weight", str(args.ce_weight)] if args.ce_weight is not None else []),
+        *(["--checkpoint", args.checkpoint] if args.checkpoint else [])])
 
 
-def ranking(paths, out):
-    """How the shipped surrogate and the default loss rank chunks of real predictions: the dev
+def ranking(paths, out, checkpoint="qa"):
+    """How the surrogate and the default loss rank chunks of real predictions: the dev
     logits of every epoch of the default-loss runs (``paths``), pooled into ``out`` (a group per
     run and epoch, so that a chunk never mixes two models)."""
     import torch
@@ -126,7 +128,7 @@ def ranking(paths, out):
     pooled = {key: torch.cat([p[key] for p in parts]) for key in ("logits", "positions", "context")}
     pooled["group"] = torch.cat([p["group"] + 1000 * i for i, p in enumerate(parts)])
     torch.save(dict(pooled, task="qa"), out)
-    surrogate = reloss.load_surrogate("qa")
+    surrogate = reloss.load_surrogate(checkpoint)
     figures = evaluate_surrogate.evaluate(surrogate, out)
     return ranking_table([("dev predictions of the default-loss runs", figures)],
                          reloss.get_task("qa"), reloss.get_task("qa").band,
@@ -144,6 +146,8 @@ def build_parser():
                         help="ReLossQA's ce_weight (default: the task's)")
     parser.add_argument("--loss-weight", type=float, default=1.0,
                         help="ReLossQA's loss_weight (default 1)")
+    parser.add_argument("--checkpoint", help="ReLossQA's surrogate: a shipped name or a "
+                                             "checkpoint path (default: the shipped 'qa')")
     return parser
 
 
@@ -204,7 +208,8 @@ def main(argv=None):
     text, paired = table(curves)
     ranked, ranking_figures = ranking(
         [os.path.join(args.out, run.tag, "dev_logits.pt") for run in all_runs
-         if run.arm == BASELINE], os.path.join(args.out, "dev_logits.pt"))
+         if run.arm == BASELINE], os.path.join(args.out, "dev_logits.pt"),
+        args.checkpoint or "qa")
     text += "\n" + ranked
     experiment.plot_seeds(os.path.join(args.out, "curves.png"), [
         experiment.Panel("epoch", metric, {
