@@ -220,3 +220,37 @@ def test_a_surrogate_only_run_pairs_with_an_earlier_original_arm(tmp_path, capsy
     compare_runs.main([str(tmp_path / "full" / "results.json"),
                        str(tmp_path / "alone" / "results.json")])
     assert f"| mlp-clean-sgd-10 | surrogate | {paired.format(2)} |" in capsys.readouterr().out
+
+
+def test_compare_runs_pairs_another_baseline_arm_and_proxy_runs(tmp_path, capsys):
+    """--baseline-arm pairs with an arm other than 'original' (an earlier surrogate's default);
+    --proxy pairs one arm of qa_proxy results (several files merged by seed) with another's."""
+    from tools import compare_runs
+
+    def runs(finals):
+        return dict(runs=[dict(seed=s, final=f) for s, f in finals.items()])
+
+    baseline = dict(results=dict(r=dict(original=runs({0: 1.0, 1: 2.0}),
+                                        mixed=runs({0: 3.0, 1: 5.0}))))
+    candidate = dict(results=dict(r=dict(surrogate=runs({0: 4.0, 1: 4.0}))))
+    [(_, _, paired)] = compare_runs.compare(baseline, candidate, "mixed")
+    assert paired.differences == [1.0, -1.0]
+    assert compare_runs.compare(baseline, candidate, "scaled") == []
+
+    def proxy(path, finals):
+        curves = {"ReLossQA": [dict(seed=s, curve=[dict(epoch=1.0, EM=em, F1=f1)])
+                               for s, (em, f1) in finals.items()]}
+        path.write_text(json.dumps(dict(curves=curves)))
+        return str(path)
+
+    first = proxy(tmp_path / "a.json", {0: (10.0, 40.0)})
+    second = proxy(tmp_path / "b.json", {1: (20.0, 41.0)})
+    new = proxy(tmp_path / "new.json", {0: (4.0, 41.0), 1: (16.0, 41.0)})
+    capsys.readouterr()
+    compare_runs.main(["--proxy", "ReLossQA", first, second, "--against", new])
+    out = capsys.readouterr().out
+    assert "| EM | -5.00 +- 1.00 (lower) | -6.00 | 0, 1 |" in out
+    assert "| F1 | +0.50 +- 0.50 (tie) | +0.00 | 0, 1 |" in out
+    with pytest.raises(SystemExit):
+        compare_runs.main(["--proxy", "default", first, "--against", new])
+    assert "not a tools/qa_proxy.py result with a 'default' arm" in capsys.readouterr().err

@@ -1,12 +1,20 @@
 """Pair the arms of benchmark_training runs with the original-loss arm of another run.
 
     python -m tools.compare_runs BASELINE/results.json CANDIDATE/results.json [...]
+    python -m tools.compare_runs --baseline-arm mixed OLD/results.json NEW/results.json
+    python -m tools.compare_runs --proxy ReLossQA OLD_0-4/results.json OLD_5-9/results.json \
+        --against NEW/results.json
 
 Runs of ``tools/benchmark_training.py`` with the same task, regimes, seeds and size train the
 original loss identically (a seed fixes initialisation and data order), so a candidate surrogate
-can be run with ``--arms surrogate`` alone and compared with the original arm of an earlier run.
-Prints, per candidate, regime and arm: the paired mean difference with its standard error and the
-worst seed's difference, then the mean over regimes and the lowest regime.
+can be run with ``--arms surrogate`` alone and compared with the original arm of an earlier run
+(or, with ``--baseline-arm``, another of its arms: the default of an earlier surrogate). Prints,
+per candidate, regime and arm: the paired mean difference with its standard error and the worst
+seed's difference, then the mean over regimes and the lowest regime.
+
+``--proxy ARM`` pairs the ARM runs of ``tools/qa_proxy.py`` results (the baseline files, merged
+by seed) with the ARM runs of the ``--against`` files, seed by seed, on every final metric: two
+surrogates compared through the same proxy.
 """
 import argparse
 import importlib
@@ -24,12 +32,12 @@ def load(parser, path):
         parser.error(f"{path}: cannot read it ({error})")
 
 
-def compare(baseline, candidate):
+def compare(baseline, candidate, baseline_arm="original"):
     """[(regime, arm, Paired)] of every arm of ``candidate`` but 'original' against the
-    original arm of ``baseline``, over the seeds both ran."""
+    ``baseline_arm`` arm of ``baseline``, over the seeds both ran."""
     rows = []
     for regime, arms in candidate["results"].items():
-        originals = baseline["results"].get(regime, {}).get("original")
+        originals = baseline["results"].get(regime, {}).get(baseline_arm)
         if originals is None:
             continue
         reference = {r["seed"]: r["final"] for r in originals["runs"]}
@@ -40,11 +48,55 @@ def compare(baseline, candidate):
     return rows
 
 
+def proxy_finals(parser, paths, arm):
+    """{metric: {seed: final value}} of the ``arm`` runs of qa_proxy results, merged."""
+    finals = {}
+    for path in paths:
+        record = load(parser, path)
+        runs = record.get("curves", {}).get(arm) if isinstance(record, dict) else None
+        if runs is None:
+            parser.error(f"{path}: not a tools/qa_proxy.py result with a {arm!r} arm")
+        for run in runs:
+            for metric, value in run["curve"][-1].items():
+                if metric not in ("epoch", "step", "train_loss"):
+                    finals.setdefault(metric, {})[run["seed"]] = value
+    return finals
+
+
+def compare_proxies(parser, arm, baselines, candidates):
+    before, after = proxy_finals(parser, baselines, arm), proxy_finals(parser, candidates, arm)
+    rows = []
+    for metric in before:
+        try:
+            paired = experiment.paired(before[metric], after.get(metric, {}))
+        except ValueError as error:
+            parser.error(str(error))
+        rows.append([metric, paired.format(2), f"{min(paired.differences):+.2f}",
+                     ", ".join(map(str, paired.seeds))])
+    print(f"{arm} of {', '.join(candidates)} minus {arm} of {', '.join(baselines)}, by seed:")
+    print(experiment.markdown_table(["metric", "paired mean +- SE", "worst seed", "seeds"],
+                                    rows))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("baseline", help="results.json of a run with the 'original' arm")
-    parser.add_argument("candidates", nargs="+", help="results.json of runs to compare with it")
+    parser.add_argument("candidates", nargs="*", help="results.json of runs to compare with it")
+    parser.add_argument("--baseline-arm", default="original",
+                        help="the baseline's arm to pair with (default 'original')")
+    parser.add_argument("--proxy", metavar="ARM",
+                        help="pair the ARM runs of qa_proxy results: the baseline and the "
+                             "positional files against the --against files")
+    parser.add_argument("--against", nargs="+", default=[], metavar="RESULTS_JSON",
+                        help="with --proxy: the candidate qa_proxy results")
     args = parser.parse_args(argv)
+    if args.proxy:
+        if not args.against:
+            parser.error("--proxy needs --against RESULTS_JSON [...]")
+        return compare_proxies(parser, args.proxy, [args.baseline, *args.candidates],
+                               args.against)
+    if not args.candidates:
+        parser.error("give at least one candidate results.json")
     baseline = load(parser, args.baseline)
     for path in args.candidates:
         candidate = load(parser, path)
@@ -52,11 +104,12 @@ def main(argv=None):
             if candidate.get(key) != baseline.get(key):
                 parser.error(f"{path}: '{key}' is {candidate.get(key)!r} but the baseline's is "
                              f"{baseline.get(key)!r}")
-        rows = compare(baseline, candidate)
+        rows = compare(baseline, candidate, args.baseline_arm)
         if not rows:
-            parser.error(f"{path}: no regime in common with {args.baseline}")
+            parser.error(f"{path}: no regime with a {args.baseline_arm!r} arm in common with "
+                         f"{args.baseline}")
         print(f"{path} (surrogate {candidate['checkpoint']}, sha256 {candidate['sha256'][:12]}...) "
-              f"against the original arm of {args.baseline}:")
+              f"against the {args.baseline_arm} arm of {args.baseline}:")
         tolerance = importlib.import_module(f"tools.reference.{baseline['task']}").TOLERANCE
         digits = 3 if tolerance < 0.1 else 2
         table = [[regime, arm, paired.format(digits), f"{min(paired.differences):+.{digits}f}"]
