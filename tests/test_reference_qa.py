@@ -144,3 +144,23 @@ def test_a_seed_repeats_its_run():
     name = qa.REFERENCE[0]
     assert (qa.run(name, qa.original_loss, 0, quick=True)
             == qa.run(name, qa.original_loss, 0, quick=True))
+
+
+def test_stored_predictions_along_training_load_for_pretraining(tmp_path, capsys):
+    from reloss.predictions import load_predictions
+
+    path = tmp_path / "qa.pt"
+    finals = qa.store_predictions(str(path), qa.original_loss, [0], "short-3f", count=8,
+                                  quick=True)
+    assert len(finals) == 1 and 0 <= finals[0] <= 100
+    groups = load_predictions(str(path), "qa", 4, torch.Generator().manual_seed(0))
+    assert len(groups) == 10  # a snapshot at every tenth of training, 2 chunks of 4 questions
+    logits, positions, context = groups[0]
+    assert logits.shape[:3] == (2, 4, 2) and positions.shape == (2, 4, 2)
+    assert context.shape == (2, 4, logits.shape[-1])
+    # Gold answers lie in the passage, as the decoder requires.
+    inside = context.gather(-1, positions).bool()
+    assert bool(inside.all())
+    with pytest.raises(SystemExit):
+        qa.main(["--out", str(path)])
+    assert "already exists" in capsys.readouterr().err

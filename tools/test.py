@@ -10,7 +10,7 @@ import os.path as osp
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from reloss._mmengine import load_config, prepare_cpu_distributed
+from reloss._mmengine import finish_distributed, load_config, prepare_cpu_distributed
 
 
 def main(argv=None):
@@ -32,7 +32,10 @@ def main(argv=None):
     cfg.load_from = args.checkpoint
     prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
-    return runner.test()
+    try:
+        return runner.test()
+    finally:
+        finish_distributed()
 
 
 if __name__ == "__main__":

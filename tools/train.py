@@ -12,7 +12,7 @@ import os
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from reloss._mmengine import load_config, prepare_cpu_distributed
+from reloss._mmengine import finish_distributed, load_config, prepare_cpu_distributed
 
 
 def parse_args(argv=None):
@@ -64,7 +64,10 @@ def build_runner(argv=None):
 
 def main(argv=None):
     runner = build_runner(argv)
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        finish_distributed()
     return runner
 
 

@@ -72,3 +72,14 @@ def prepare_cpu_distributed(cfg):
         find_unused_parameters=cfg.get("find_unused_parameters", False))
     wrapper.setdefault("device_ids", None)
     cfg.model_wrapper_cfg = wrapper
+
+
+def finish_distributed():
+    """Leave the process group, if any, while the interpreter is still whole. mmengine's Runner
+    never destroys it, and a gloo process group left to the interpreter's exit can abort the
+    process (SIGABRT, "terminate called without an active exception") when its worker threads
+    are torn down after Python: a rare race that fails a finished run (pytorch/pytorch#190489)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -95,3 +95,14 @@ def checkpoint_loss(parser, checkpoint, task, default):
         parser.error(f"--checkpoint {checkpoint!r} is a '{surrogate.task}' surrogate, "
                      f"not a '{task}' one")
     return surrogate
+
+
+def write_predictions(parser, out, store, metric, digits=2):
+    """Run ``store()`` (it writes ``out`` and returns the final metric per seed) unless ``out``
+    exists, and report: a user's file is never replaced."""
+    import os
+
+    if os.path.exists(out):
+        parser.error(f"--out {out} already exists; remove it or choose another path")
+    finals = store()
+    print(f"wrote {out}; final {metric}: " + ", ".join(f"{f:.{digits}f}" for f in finals))

@@ -17,7 +17,6 @@ Adam (lr 5e-3, betas 0.9 / 0.98), linear warm-up over the first tenth then cosin
 sentence pairs a step, 300 steps (60 with ``quick``).
 """
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reloss import metrics
-from tools.reference import Regime, checkpoint_loss, prediction_parser, regime
+from tools.reference import Regime, checkpoint_loss, prediction_parser, regime, write_predictions
 
 METRIC = "BLEU, predicted length"
 CHANCE = 0.0
@@ -386,10 +385,8 @@ def main(argv=None):
             loss_fn = reloss.SequenceSurrogate(ngrams=4, ngram_weight=args.ngram_weight)
         except ValueError as error:
             parser.error(f"--ngram-weight: {error}")
-    if os.path.exists(args.out):
-        parser.error(f"--out {args.out} already exists; remove it or choose another path")
-    finals = store_predictions(args.out, loss_fn, args.seeds, args.regime)
-    print(f"wrote {args.out}; final {METRIC}: " + ", ".join(f"{f:.2f}" for f in finals))
+    write_predictions(parser, args.out, lambda: store_predictions(
+        args.out, loss_fn, args.seeds, args.regime), METRIC)
 
 
 if __name__ == "__main__":

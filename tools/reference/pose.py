@@ -36,7 +36,7 @@ from torch import nn
 
 from reloss.metrics import pck_accuracy
 from reloss.tasks.pose import gaussian_heatmaps, keypoint_mse_per_chunk
-from tools.reference import Regime, checkpoint_loss, prediction_parser, regime
+from tools.reference import Regime, checkpoint_loss, prediction_parser, regime, write_predictions
 
 METRIC = "PCK@0.05 (fraction)"
 CHANCE = 1.0 / 256  # a random argmax over 16 x 16 heatmap pixels
@@ -310,8 +310,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     loss_fn = checkpoint_loss(parser, args.checkpoint, "pose", original_loss)
-    finals = store_predictions(args.out, loss_fn, args.seeds)
-    print(f"wrote {args.out}; final {METRIC}: " + ", ".join(f"{f:.3f}" for f in finals))
+    write_predictions(parser, args.out, lambda: store_predictions(args.out, loss_fn, args.seeds),
+                      METRIC, digits=3)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ long 5-15), passage lengths (2-3 facts; 4-5 facts, with 4,000 training questions
 (epochs, learning rate). With 4-5 facts and short answers, or with 5-6 facts, this model learns
 nothing in 30-90 s (dev F1 stays at an untrained model's), so no regime has them. ``quick`` trains
 on 192 questions for 2 epochs and scores 48 dev questions.
+
+Run as a script, it stores the start and end logits of models along their training (on training
+questions, never the dev ones) for ``tools/pretrain_surrogate.py --data``:
+
+    python -m tools.reference.qa --out work_dirs/qa/preds_ce_proxy.pt --regime proxy
+    python -m tools.reference.qa --checkpoint DIR/surrogate.pt --out FILE.pt --regime short-3f
 """
 import math
 
@@ -29,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from reloss.tasks.qa import best_spans, cmrc_f1
-from tools.reference import Regime, regime
+from tools.reference import Regime, checkpoint_loss, prediction_parser, regime, write_predictions
 
 METRIC = "dev F1 (%)"
 # An untrained model's decoded spans overlap the answer often enough for 13-32 F1 (20 on average
@@ -173,9 +179,11 @@ def f1(net, dev, examples, size=256):
     return 100.0 * total / len(examples)
 
 
-def run(name, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None):
+def run(name, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None, record=None):
     """Train a fresh tiny BERT in regime ``name`` with ``loss_fn(logits, positions,
-    passage_mask)``; dev F1 along training. ``epochs`` and ``lr`` override the regime's."""
+    passage_mask)``; dev F1 along training. ``epochs`` and ``lr`` override the regime's.
+    ``record(fraction, net, train)``, if given, is called at every tenth of training (e.g. to
+    store the net's predictions on training questions)."""
     options = regime(REGIMES, name).options
     sizes = QUICK if quick else options
     train, dev, examples = data(options["answers"], options["facts"], sizes["train"],
@@ -203,6 +211,45 @@ def run(name, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None):
         optimizer.step()
         if step in checkpoints:
             curve.append([checkpoints[step], f1(net, dev, examples)])
+            if record is not None:
+                record(checkpoints[step], net, train)
             if progress is not None:
                 progress(checkpoints[step])
     return dict(curve=curve, final=curve[-1][1])
+
+
+def store_predictions(path, loss_fn, seeds, name="proxy", count=256, quick=False):
+    """Train a tiny BERT per seed in the regime ``name`` with ``loss_fn`` and store its start and
+    end logits on the first ``count`` training questions (never the dev ones) at every tenth of
+    training, as a prediction file of reloss/predictions.py (one group per snapshot) for
+    ``tools/pretrain_surrogate.py --data``. Returns the final dev F1 per seed."""
+    logits_, positions, contexts = [], [], []
+
+    @torch.no_grad()
+    def record(fraction, net, train):
+        net.eval()
+        part = {k: v[:count] for k, v in train.items()}
+        logits_.append(logits(net, part))
+        positions.append(part["positions"])
+        contexts.append(part["context"])
+        net.train()
+
+    finals = [run(name, loss_fn, seed, quick=quick, record=record)["final"] for seed in seeds]
+    groups = torch.arange(len(logits_)).repeat_interleave(torch.tensor([len(x) for x in logits_]))
+    torch.save(dict(task="qa", logits=torch.cat(logits_), positions=torch.cat(positions),
+                    context=torch.cat(contexts).float(), group=groups), path)
+    return finals
+
+
+def main(argv=None):
+    parser = prediction_parser("reference tiny BERTs", "the default QA loss")
+    parser.add_argument("--regime", default="proxy", choices=sorted(REGIMES))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    loss_fn = checkpoint_loss(parser, args.checkpoint, "qa", original_loss)
+    write_predictions(parser, args.out, lambda: store_predictions(
+        args.out, loss_fn, args.seeds, args.regime), METRIC)
+
+
+if __name__ == "__main__":
+    main()
