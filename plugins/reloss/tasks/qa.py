@@ -19,7 +19,7 @@ from torch import nn
 
 from .._validate import check_float, check_ndim, check_not_bool, check_tensor
 from ..rank import upcast_half
-from ..surrogate import Surrogate
+from ..surrogate import Surrogate, weighted_unit_mean
 from .base import Task, quality, uniform
 from .cls import MonotoneSteps
 
@@ -180,7 +180,6 @@ class QASurrogate(Surrogate):
     (:class:`~reloss.tasks.cls.MonotoneSteps`), so every feature is smallest at the gold span and
     the loss never rises when one falls, and it may saturate on hopeless predictions.
 
-    Args:
     With ``risk`` it reads instead, per question, the default loss ``(CE(start) + CE(end)) / 2``
     and ``1 - E[F1]``, one minus the expected F1 of a span drawn from the start and end
     distributions (:func:`expected_span_f1`), and its value is ``CE + a (1 - E[F1])`` with a
@@ -238,7 +237,7 @@ class QASurrogate(Surrogate):
         if not self.risk:
             return super().head(features, weights)
         values = features[..., 0] + features[..., 1] * self.risk_weights.to(features.dtype)
-        return (values * weights).sum(-1) / weights.sum(-1).clamp_min(1)
+        return weighted_unit_mean(values, weights)
 
     def features(self, pred, target, weight=None):
         check_ndim("pred", pred, (3,), "3-D (N, 2, L) start and end logits")
