@@ -110,11 +110,11 @@ def finetune_args(model, train, dev, out, loss, seed, args):
         "--seed", str(seed), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
         "--lr", str(args.lr), "--max-length", "64", "--stride", "16", "--force", "--save-logits",
         "--loss-weight", str(args.loss_weight),
-        *(["--ce-weight", str(args.ce_weight)] if args.ce_weight is not None else []),
-        *(["--checkpoint", args.checkpoint] if args.checkpoint else [])])
+        "--checkpoint", args.checkpoint,
+        *(["--ce-weight", str(args.ce_weight)] if args.ce_weight is not None else [])])
 
 
-def ranking(paths, out, checkpoint="qa"):
+def ranking(paths, out, checkpoint):
     """How the surrogate and the default loss rank chunks of real predictions: the dev
     logits of every epoch of the default-loss runs (``paths``), pooled into ``out`` (a group per
     run and epoch, so that a chunk never mixes two models)."""
@@ -146,8 +146,8 @@ def build_parser():
                         help="ReLossQA's ce_weight (default: the task's)")
     parser.add_argument("--loss-weight", type=float, default=1.0,
                         help="ReLossQA's loss_weight (default 1)")
-    parser.add_argument("--checkpoint", help="ReLossQA's surrogate: a shipped name or a "
-                                             "checkpoint path (default: the shipped 'qa')")
+    parser.add_argument("--checkpoint", default="qa", help="ReLossQA's surrogate: a shipped "
+                                                          "name or a checkpoint path (default qa)")
     return parser
 
 
@@ -208,8 +208,7 @@ def main(argv=None):
     text, paired = table(curves)
     ranked, ranking_figures = ranking(
         [os.path.join(args.out, run.tag, "dev_logits.pt") for run in all_runs
-         if run.arm == BASELINE], os.path.join(args.out, "dev_logits.pt"),
-        args.checkpoint or "qa")
+         if run.arm == BASELINE], os.path.join(args.out, "dev_logits.pt"), args.checkpoint)
     text += "\n" + ranked
     experiment.plot_seeds(os.path.join(args.out, "curves.png"), [
         experiment.Panel("epoch", metric, {

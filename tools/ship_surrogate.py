@@ -20,13 +20,18 @@ import shutil
 from reloss import checkpoint
 
 
-def benchmark_summary(parser, path, card):
-    """The figures of a benchmark_training results.json, checked to be of this checkpoint."""
+def read_record(parser, option, path):
+    """The JSON in ``path``, or a parser error naming ``option`` and why it cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
-            record = json.load(f)
+            return json.load(f)
     except (OSError, json.JSONDecodeError) as error:
-        parser.error(f"--benchmark {path}: cannot read it ({error})")
+        parser.error(f"{option} {path}: cannot read it ({error})")
+
+
+def benchmark_summary(parser, path, card):
+    """The figures of a benchmark_training results.json, checked to be of this checkpoint."""
+    record = read_record(parser, "--benchmark", path)
     if record.get("sha256") != card["sha256"] or record.get("task") != card["task"]:
         parser.error(f"--benchmark {path}: it benchmarks a '{record.get('task')}' surrogate with "
                      f"sha256 {str(record.get('sha256'))[:12]}..., not this checkpoint "
@@ -50,11 +55,7 @@ def benchmark_summary(parser, path, card):
 def proxy_summary(parser, path, card):
     """The figures of a proxy's results.json (``tools/nat_proxy.py``), checked to have trained
     with this checkpoint: per criterion and seed the final metric, and the paired differences."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        parser.error(f"--proxy {path}: cannot read it ({error})")
+    record = read_record(parser, "--proxy", path)
     used = record.get("provenance", {}).get("surrogates", {}) if isinstance(record, dict) else {}
     if card["sha256"] not in used.values() or not isinstance(record.get("runs"), dict):
         parser.error(f"--proxy {path}: not a proxy run that trained with this checkpoint "
