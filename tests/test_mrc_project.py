@@ -2,6 +2,7 @@
 config and a generated SQuAD-format set; and the tools they call."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -89,9 +90,13 @@ def test_evaluate_scores_perfect_answers(setup, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_qa_proxy_runs_end_to_end(tmp_path, capsys):
+    from reloss import checkpoint
+
     out = tmp_path / "proxy"
+    surrogate = tmp_path / "surrogate.pt"  # a copy of the shipped one, given by its path
+    shutil.copyfile(os.path.join(checkpoint.CHECKPOINT_DIR, "qa.pt"), surrogate)
     argv = ["--out", str(out), "--seeds", "2", "--epochs", "1", "--train", "64", "--dev", "32",
-            "--batch-size", "16"]
+            "--batch-size", "16", "--checkpoint", str(surrogate)]
     curves = qa_proxy.main(argv)
     assert set(curves) == {qa_proxy.BASELINE, qa_proxy.RELOSS}
     assert all(len(runs) == 2 and len(runs[0]) == 1 for runs in curves.values())
@@ -103,6 +108,9 @@ def test_qa_proxy_runs_end_to_end(tmp_path, capsys):
     record = json.loads((out / "results.json").read_text())
     assert record["paired"]["ReLossQA"]["F1"]["seeds"] == [0, 1]
     assert record["ranking"]["surrogate"]["chunks"] >= 2  # one epoch of >= 32 windows per run
+    # The checkpoint ReLossQA trained with is the one recorded.
+    assert record["provenance"]["surrogates"] == {
+        str(surrogate): checkpoint.sha256_file(str(surrogate))}
     with pytest.raises(SystemExit):
         qa_proxy.main(argv)
     assert "pass --force" in capsys.readouterr().err

@@ -179,13 +179,13 @@ def test_shipped_surrogate_ranks_better_than_the_default_loss():
         figures["surrogate"]["full"])
 
 
-def test_shipped_surrogate_is_the_default_loss_plus_a_learned_risk():
-    """The shipped form holds the default loss, so the adapters add none beside it; its learned
-    risk term carries a real part of the gradient on held-out chunks (median share 0.11 when
-    written), not a vanishing one."""
+def test_shipped_surrogate_is_the_span_loss_with_learned_weights():
+    """The shipped form is the joint one: it holds a share of the default loss, so the adapters
+    add none beside it, and the default loss carries less than half of its gradient on
+    held-out chunks (the span loss and the risk the rest)."""
     surrogate, task = reloss.load_surrogate("qa"), TASKS["qa"]
-    assert surrogate.risk and task.default_original_weight == 0
-    weight = float(surrogate.risk_weights)
+    assert surrogate.joint and task.default_original_weight == 0
+    ce_weight, risk_weight = surrogate.risk_weights.tolist()
     logits, positions, _ = qa.sample_spans(60, 32, torch.Generator().manual_seed(7))
     shares = []
     for chunk_logits, chunk_positions in zip(logits, positions, strict=True):
@@ -193,13 +193,14 @@ def test_shipped_surrogate_is_the_default_loss_plus_a_learned_risk():
         (own,) = torch.autograd.grad(surrogate(leaf, chunk_positions), leaf)
         default = qa.qa_cross_entropy(leaf[None], chunk_positions[None]).sum()
         (ce,) = torch.autograd.grad(default, leaf)
-        risk = (own - ce).norm()
-        shares.append(float(risk / (risk + ce.norm())))
+        rest = (own - ce_weight * ce).norm()
+        shares.append(float(rest / (rest + ce_weight * ce.norm())))
         value = surrogate(chunk_logits, chunk_positions)
-        expected = default + weight * (1 - qa.expected_span_f1(chunk_logits,
-                                                               chunk_positions)).mean()
+        expected = (qa.span_cross_entropy(chunk_logits, chunk_positions) / 2
+                    + risk_weight * (1 - qa.expected_decoded_f1(chunk_logits, chunk_positions))
+                    ).mean() + ce_weight * default
         assert float(value) == pytest.approx(float(expected.detach()), rel=1e-5)
-    assert 0.05 < float(torch.tensor(shares).median()) < 0.9
+    assert float(torch.tensor(shares).median()) > 0.5
 
 
 # The expected-F1 form: the default loss plus a learned share of 1 - E[F1].
@@ -242,7 +243,64 @@ def test_risk_form_is_the_default_loss_plus_its_weight_times_the_risk():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(risk=1), "'risk' should be True or False but got 1"),
     (dict(risk=True, risk_weight=0), r"'risk_weight' should be a number in \(0, 1000\)"),
+    (dict(joint="yes"), "'joint' should be True or False but got 'yes'"),
+    (dict(joint=True, ce_weight=-1), r"'ce_weight' should be a number in \(0, 1000\)"),
+    (dict(joint=True, risk=True), "'risk' and 'joint' are two forms: set one of them"),
 ])
 def test_risk_form_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         qa.QASurrogate(**kwargs)
+
+
+# The joint form: one softmax over the spans the decoder may return.
+
+def _every_span(length, width):
+    return [(s, e) for s in range(length) for e in range(s, min(length, s + width))]
+
+
+def test_span_cross_entropy_and_expected_f1_equal_sums_over_every_span():
+    torch.manual_seed(3)
+    logits = 2 * torch.randn(4, 2, 9, dtype=torch.float64)
+    positions = torch.tensor([[2, 4], [5, 5], [0, 8], [3, 3]])
+    for width in (30, 3):
+        spans = _every_span(9, width)
+        for n in range(4):
+            scores = torch.stack([logits[n, 0, s] + logits[n, 1, e] for s, e in spans])
+            g0, g1 = positions[n].tolist()
+            gold = logits[n, 0, g0] + logits[n, 1, g1]
+            if (g0, g1) not in spans:  # an answer longer than the decoder allows: counted once
+                scores = torch.cat([scores, gold[None]])
+            total = scores.logsumexp(0)
+            ce = qa.span_cross_entropy(logits[n:n + 1], positions[n:n + 1], width)
+            assert float(ce) == pytest.approx(float(total - gold), abs=1e-9)
+            f1 = sum(float((logits[n, 0, s] + logits[n, 1, e] - total).exp())
+                     * float(qa.span_overlap_f1(torch.tensor([s, e]), positions[n])[1])
+                     for s, e in spans)
+            got = qa.expected_decoded_f1(logits[n:n + 1], positions[n:n + 1], width)
+            assert float(got) == pytest.approx(f1, abs=1e-9)
+    assert bool((qa.span_cross_entropy(logits, positions) >= 0).all())
+
+
+def test_joint_form_is_the_span_loss_plus_weighted_default_loss_and_risk():
+    torch.manual_seed(4)
+    surrogate = qa.QASurrogate(joint=True, ce_weight=0.2, risk_weight=0.7).double()
+    assert surrogate.risk_weights.tolist() == pytest.approx([0.2, 0.7])
+    logits = torch.randn(4, 2, 12, dtype=torch.float64, requires_grad=True)
+    positions = torch.tensor([[2, 4], [5, 5], [0, 0], [7, 11]])
+    assert gradcheck(lambda x: surrogate(x, positions), (logits,))
+    ce = qa.qa_cross_entropy(logits[:, None], positions[:, None]).squeeze(-1)
+    expected = (qa.span_cross_entropy(logits, positions) / 2 + 0.2 * ce
+                + 0.7 * (1 - qa.expected_decoded_f1(logits, positions)))
+    assert torch.allclose(surrogate(logits, positions, reduction="none"), expected)
+    gold = torch.full((4, 2, 12), -40.0, dtype=torch.float64)
+    gold.scatter_(-1, positions[..., None], 40.0)
+    assert float(surrogate(gold, positions).detach().abs()) < 1e-12
+    rebuilt = qa.QASurrogate(**surrogate.config())
+    assert rebuilt.joint and rebuilt.config() == surrogate.config()
+    # The decoder never returns an end before its start: the span loss does not pay for such
+    # pairs, the default loss does.
+    apart = torch.zeros(1, 2, 6, dtype=torch.float64)
+    apart[0, 0, 4], apart[0, 1, 1] = 5.0, 5.0  # start 4 and end 1 look best, a pair never decoded
+    target = torch.tensor([[2, 3]])
+    assert float(qa.span_cross_entropy(apart, target)) < 2 * float(
+        qa.qa_cross_entropy(apart[:, None], target[:, None]))

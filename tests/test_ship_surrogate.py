@@ -34,3 +34,17 @@ def test_proxy_of_another_checkpoint_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="cannot read it"):
         proxy_summary(_Parser(), str(tmp_path / "bad.json"), dict(sha256="ab" * 32))
+
+
+def test_qa_proxy_figures_are_kept(tmp_path):
+    """tools/qa_proxy.py writes paired figures and curves, no per-run logs."""
+    provenance = dict(command="python -m tools.qa_proxy", surrogates=dict(qa="ab" * 32))
+    record = dict(provenance=provenance,
+                  seeds=[0, 1], epochs=15, train=2000, dev=300,
+                  paired=dict(ReLossQA=dict(F1=dict(mean=0.4, se=0.2))),
+                  curves={"default loss": [[1, 2]], "ReLossQA": [[1, 2]]})
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(record))
+    summary = proxy_summary(_Parser(), str(path), dict(sha256="ab" * 32))
+    assert summary["paired"]["ReLossQA"]["F1"]["mean"] == 0.4 and summary["epochs"] == 15
+    assert "runs" not in summary and "curves" not in summary

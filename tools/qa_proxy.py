@@ -226,7 +226,7 @@ def main(argv=None):
                   ranking=ranking_figures,
                   seeds=list(experiment.seeds(args)), epochs=args.epochs, train=args.train,
                   dev=args.dev, seconds=round(time.time() - started, 1),
-                  provenance=experiment.provenance("qa_proxy", argv, surrogates=["qa"],
+                  provenance=experiment.provenance("qa_proxy", argv, surrogates=[args.checkpoint],
                                                    packages=("transformers", "tokenizers")))
     experiment.write_results(args.out, heading + "\n\n" + text, record)
     print()

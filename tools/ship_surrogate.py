@@ -10,7 +10,8 @@ Copies DIR/surrogate.pt to plugins/reloss/checkpoints/NAME.pt and DIR/model_card
 after checking the checkpoint against the card's sha256, and records the sha256 in manifest.json,
 which ``reloss.load_surrogate(NAME)`` checks on every load. ``--benchmark`` adds the figures of
 ``tools/benchmark_training.py`` runs on this very checkpoint (same sha256) to the model card, next
-to its ranking figures; ``--proxy`` those of ``tools/nat_proxy.py`` runs that trained with it.
+to its ranking figures; ``--proxy`` those of ``tools/nat_proxy.py`` or ``tools/qa_proxy.py`` runs
+that trained with it.
 """
 import argparse
 import json
@@ -53,18 +54,22 @@ def benchmark_summary(parser, path, card):
 
 
 def proxy_summary(parser, path, card):
-    """The figures of a proxy's results.json (``tools/nat_proxy.py``), checked to have trained
-    with this checkpoint: per criterion and seed the final metric, and the paired differences."""
+    """The figures of a proxy's results.json (``tools/nat_proxy.py``, ``tools/qa_proxy.py``),
+    checked to have trained with this checkpoint: per criterion and seed the final metric (the
+    nat proxy), and the paired differences."""
     record = read_record(parser, "--proxy", path)
     used = record.get("provenance", {}).get("surrogates", {}) if isinstance(record, dict) else {}
-    if card["sha256"] not in used.values() or not isinstance(record.get("runs"), dict):
+    if card["sha256"] not in used.values() or not isinstance(
+            record.get("runs", record.get("paired")), dict):
         parser.error(f"--proxy {path}: not a proxy run that trained with this checkpoint "
                      f"(sha256 {card['sha256'][:12]}...); it used "
                      f"{', '.join(v[:12] + '...' for v in used.values()) or 'none'}")
     summary = {key: record[key] for key in ("provenance", "seeds", "updates", "fairseq_args",
-                                            "seconds", "paired") if key in record}
-    summary["runs"] = {name: [{key: run[key] for key in run if key != "log"} for run in runs]
-                       for name, runs in record["runs"].items()}
+                                            "epochs", "train", "dev", "seconds", "paired")
+               if key in record}
+    if "runs" in record:
+        summary["runs"] = {name: [{key: run[key] for key in run if key != "log"}
+                                  for run in runs] for name, runs in record["runs"].items()}
     return summary
 
 
@@ -76,7 +81,8 @@ def main(argv=None):
     parser.add_argument("--benchmark", nargs="+", default=[], metavar="RESULTS_JSON",
                         help="results.json of tools/benchmark_training.py runs to record")
     parser.add_argument("--proxy", nargs="+", default=[], metavar="RESULTS_JSON",
-                        help="results.json of tools/nat_proxy.py runs to record")
+                        help="results.json of tools/nat_proxy.py or tools/qa_proxy.py runs "
+                        "to record")
     args = parser.parse_args(argv)
     source = os.path.join(args.folder, "surrogate.pt")
     with open(os.path.join(args.folder, "model_card.json"), encoding="utf-8") as f:

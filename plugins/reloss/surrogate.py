@@ -11,6 +11,8 @@ is imported here.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -27,6 +29,14 @@ def mlp(sizes: list[int]) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(nn.ELU())
     return nn.Sequential(*layers)
+
+
+def softplus_weights(name: str, value, count: int) -> nn.Parameter:
+    """``count`` learned weights ``softplus(theta) >= 0``, each starting at ``value``, a number in
+    (0, 1000) given as the argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e3:
+        raise ValueError(f"'{name}' should be a number in (0, 1000) but got {value!r}")
+    return nn.Parameter(torch.full((count,), math.log(math.expm1(float(value)))))
 
 
 def weighted_unit_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 from .._validate import check_float, check_min_size, check_ndim, check_not_bool, check_tensor
 from ..metrics import sentence_bleu
 from ..rank import upcast_half
-from ..surrogate import Surrogate, mlp, unit_weights, weighted_unit_mean
+from ..surrogate import Surrogate, mlp, softplus_weights, unit_weights, weighted_unit_mean
 from .base import Task, quality, uniform
 
 #: Index used for padding in sampled token sequences (fairseq's dictionary: bos 0, pad 1, eos 2,
@@ -167,17 +167,13 @@ class SequenceSurrogate(Surrogate):
         super().__init__()
         if isinstance(ngrams, bool) or not isinstance(ngrams, int) or not 0 <= ngrams <= 8:
             raise ValueError(f"'ngrams' should be an int in [0, 8] but got {ngrams!r}")
-        if isinstance(ngram_weight, bool) or not isinstance(ngram_weight, (int, float)) \
-                or not 0 < ngram_weight < 1e3:
-            raise ValueError(f"'ngram_weight' should be a number in (0, 1000) but got "
-                             f"{ngram_weight!r}")
         self.dim, self.layers, self.heads, self.floor = dim, layers, heads, floor
         self.reweight, self.spread = reweight, spread
+        theta = softplus_weights("ngram_weight", ngram_weight, max(ngrams, 1))
         self.ngrams, self.ngram_weight = ngrams, float(ngram_weight)
         self.num_features = 1 + ngrams if ngrams else 4
         if ngrams:  # a_k = softplus(theta_k), starting at ngram_weight
-            start = math.log(math.expm1(self.ngram_weight))
-            self.theta = nn.Parameter(torch.full((ngrams,), start))
+            self.theta = theta
             return
         self.embed = mlp([self.num_features, dim, dim])
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,

@@ -19,7 +19,7 @@ from torch import nn
 
 from .._validate import check_float, check_ndim, check_not_bool, check_tensor
 from ..rank import upcast_half
-from ..surrogate import Surrogate, weighted_unit_mean
+from ..surrogate import Surrogate, softplus_weights, weighted_unit_mean
 from .base import Task, quality, uniform
 from .cls import MonotoneSteps
 
@@ -135,6 +135,32 @@ def _tempered_span_losses(logits, positions, temperatures):
     return torch.stack(features, -1).flatten(1)
 
 
+def _overlap_window(positions, width, length, longest, dtype):
+    """The spans that can share a token with the gold span (N, 2): starts (N, W) from ``width -
+    1`` tokens before the gold start, ends (N, W, K) up to ``width`` tokens from each start, W =
+    ``width - 1 + longest``; with a mask of the spans inside the sequence and their F1 (N, W, K)
+    in ``dtype``."""
+    device = positions.device
+    low, high = positions[:, 0:1], positions[:, 1:2]  # (N, 1)
+    start = low - (width - 1) + torch.arange(width - 1 + longest, device=device)  # (N, W)
+    end = start.unsqueeze(-1) + torch.arange(width, device=device)  # (N, W, K)
+    inside = (start >= 0).unsqueeze(-1) & (end < length)
+    low, high, first = low.unsqueeze(-1), high.unsqueeze(-1), start.unsqueeze(-1)
+    shared = (torch.minimum(end, high) - torch.maximum(first, low) + 1).clamp_min(0) * inside
+    f1 = 2 * shared.to(dtype) / (end - first + 2 + high - low).clamp_min(1)
+    return start.clamp(0, length - 1), end.clamp(0, length - 1), inside, f1
+
+
+def _longest_answer(positions, length):
+    """Tokens in the longest gold answer (read on the CPU; on an accelerator, where reading it
+    would wait for the device, the sequence length)."""
+    if positions.device.type != "cpu":
+        return length
+    if not len(positions):
+        return 1
+    return int((positions[:, 1] - positions[:, 0]).max().clamp_min(0)) + 1
+
+
 def expected_span_f1(logits: torch.Tensor, positions: torch.Tensor,
                      max_answer_length: int = MAX_ANSWER_LENGTH) -> torch.Tensor:
     """The expected F1 (token overlap) of the answer span when its start and end are drawn
@@ -149,22 +175,70 @@ def expected_span_f1(logits: torch.Tensor, positions: torch.Tensor,
     K = ``max_answer_length``, A the longest gold answer (on an accelerator, where reading A
     would wait for the device, A = L)."""
     probs = upcast_half(logits).softmax(-1)
-    count, _, length = probs.shape
-    width = min(max_answer_length, length)
-    low, high = positions[:, 0:1], positions[:, 1:2]  # (N, 1)
-    if positions.device.type == "cpu":
-        longest = int((high - low).max().clamp_min(0)) + 1 if count else 1
-    else:
-        longest = length
-    start = low - (width - 1) + torch.arange(width - 1 + longest, device=logits.device)  # (N, W)
-    end = start.unsqueeze(-1) + torch.arange(width, device=logits.device)  # (N, W, K)
-    inside = (start >= 0).unsqueeze(-1) & (end < length)
-    p_start = probs[:, 0].gather(1, start.clamp(0, length - 1))
-    p_end = probs[:, 1].gather(1, end.clamp(0, length - 1).flatten(1)).view(end.shape)
-    low, high, start = low.unsqueeze(-1), high.unsqueeze(-1), start.unsqueeze(-1)
-    shared = (torch.minimum(end, high) - torch.maximum(start, low) + 1).clamp_min(0) * inside
-    f1 = 2 * shared.to(probs.dtype) / (end - start + 2 + high - low).clamp_min(1)
+    length = probs.shape[-1]
+    start, end, inside, f1 = _overlap_window(positions, min(max_answer_length, length), length,
+                                             _longest_answer(positions, length), probs.dtype)
+    p_start = probs[:, 0].gather(1, start)
+    p_end = probs[:, 1].gather(1, end.flatten(1)).view(end.shape)
     return torch.einsum("nw,nwk,nwk->n", p_start, p_end, f1)
+
+
+def span_scores(logits: torch.Tensor, max_answer_length: int = MAX_ANSWER_LENGTH
+                ) -> torch.Tensor:
+    """The decoder's score of every span it may return: ``z_start(s) + z_end(s + k)`` for k <
+    ``max_answer_length``, -inf where ``s + k`` falls past the sequence. (N, 2, L) -> (N, L, K)."""
+    start, end = upcast_half(logits).unbind(-2)
+    width = min(max_answer_length, start.shape[-1])
+    padded = F.pad(end, (0, width - 1), value=-math.inf)
+    return start.unsqueeze(-1) + padded.unfold(-1, width, 1)
+
+
+def _span_normaliser(logits, positions, max_answer_length):
+    """(log of the sum of exp(score) over the decoder's spans and the gold span, the gold span's
+    score), each (N,). The gold span is added where the band lacks it (an answer longer than
+    ``max_answer_length`` tokens), so the gold probability is never above 1."""
+    scores = span_scores(logits, max_answer_length)
+    width = scores.shape[-1]
+    logits = upcast_half(logits)
+    gold = (logits[:, 0].gather(1, positions[:, 0:1]) + logits[:, 1].gather(1, positions[:, 1:2])
+            ).squeeze(1)
+    total = scores.flatten(1).logsumexp(-1)
+    length = positions[:, 1] - positions[:, 0]
+    outside = (length < 0) | (length >= width)
+    return torch.logaddexp(total, gold.masked_fill(~outside, -math.inf)), gold
+
+
+def _span_terms(logits, positions, max_answer_length):
+    """(span cross-entropy, expected F1 under the span softmax), each (N,), sharing one
+    normaliser."""
+    total, gold = _span_normaliser(logits, positions, max_answer_length)
+    logits = upcast_half(logits)
+    length = logits.shape[-1]
+    start, end, inside, f1 = _overlap_window(positions, min(max_answer_length, length), length,
+                                             _longest_answer(positions, length), logits.dtype)
+    score = (logits[:, 0].gather(1, start).unsqueeze(-1)
+             + logits[:, 1].gather(1, end.flatten(1)).view(end.shape))
+    probs = (score - total[:, None, None]).exp() * inside
+    return total - gold, (probs * f1).sum((1, 2))
+
+
+def span_cross_entropy(logits: torch.Tensor, positions: torch.Tensor,
+                       max_answer_length: int = MAX_ANSWER_LENGTH) -> torch.Tensor:
+    """The cross-entropy of the gold span under one softmax over the spans the decoder may return
+    (:func:`span_scores`: start <= end < start + ``max_answer_length``, scored ``z_start +
+    z_end`` as :func:`best_spans` scores them), where the default loss takes two softmaxes, one
+    over starts and one over ends, that also count the pairs the decoder never returns. (N, 2, L)
+    logits, (N, 2) gold -> (N,), >= 0."""
+    total, gold = _span_normaliser(logits, positions, max_answer_length)
+    return total - gold
+
+
+def expected_decoded_f1(logits: torch.Tensor, positions: torch.Tensor,
+                        max_answer_length: int = MAX_ANSWER_LENGTH) -> torch.Tensor:
+    """The expected F1 of a span drawn from the softmax over the decoder's spans (the
+    distribution of :func:`span_cross_entropy`). Only the spans that can overlap the gold one
+    are read, as in :func:`expected_span_f1`. (N, 2, L), (N, 2) -> (N,), with gradient."""
+    return _span_terms(logits, positions, max_answer_length)[1]
 
 
 class QASurrogate(Surrogate):
@@ -184,14 +258,23 @@ class QASurrogate(Surrogate):
     and ``1 - E[F1]``, one minus the expected F1 of a span drawn from the start and end
     distributions (:func:`expected_span_f1`), and its value is ``CE + a (1 - E[F1])`` with a
     learned ``a = softplus(theta) >= 0``: the default loss plus a learned share of the expected
-    F1 risk (the form of the shipped ``nat`` surrogate, for spans). The steps are not built.
+    F1 risk. The steps are not built.
+
+    With ``joint`` it reads the answer as the decoder does, one span scored ``z_start + z_end``
+    among the spans it may return (:func:`span_cross_entropy`, :func:`expected_decoded_f1`), and
+    its value is ``CE_span / 2 + b (CE(start) + CE(end)) / 2 + a (1 - E_span[F1])`` with learned
+    ``b, a >= 0`` (softplus): the span's cross-entropy (halved, as the default loss halves its
+    two), plus learned shares of the default loss and of the expected-F1 risk under the same
+    span distribution.
 
     Args:
         temperatures (sequence of float): the temperatures T, each > 0.
         knots (int): learned steps per feature.
         span (float): the range the steps start out spread over.
         risk (bool): the form ``CE + a (1 - E[F1])``.
-        risk_weight (float): with ``risk``, the initial a.
+        risk_weight (float): with ``risk`` or ``joint``, the initial a.
+        joint (bool): the form ``CE_span / 2 + b CE + a (1 - E_span[F1])``.
+        ce_weight (float): with ``joint``, the initial b.
 
     Note:
         N predictions, L tokens. ``pred`` (N, 2, L) start and end logits, ``target`` (N, 2) gold
@@ -201,23 +284,30 @@ class QASurrogate(Surrogate):
 
     task = "qa"
 
-    def __init__(self, temperatures=(1.0, 0.1), knots=16, span=8.0, risk=False, risk_weight=1.0):
+    def __init__(self, temperatures=(1.0, 0.1), knots=16, span=8.0, risk=False, risk_weight=1.0,
+                 joint=False, ce_weight=0.5):
         super().__init__()
         self.temperatures = tuple(float(t) for t in temperatures)
         if not self.temperatures or min(self.temperatures) <= 0:
             raise ValueError(f"'temperatures' should be one or more numbers > 0 but got "
                              f"{temperatures!r}")
-        if not isinstance(risk, bool):
-            raise ValueError(f"'risk' should be True or False but got {risk!r}")
-        if isinstance(risk_weight, bool) or not isinstance(risk_weight, (int, float)) \
-                or not 0 < risk_weight < 1e3:
-            raise ValueError(f"'risk_weight' should be a number in (0, 1000) but got "
-                             f"{risk_weight!r}")
+        for name, value in (("risk", risk), ("joint", joint)):
+            if not isinstance(value, bool):
+                raise ValueError(f"'{name}' should be True or False but got {value!r}")
+        if risk and joint:
+            raise ValueError("'risk' and 'joint' are two forms: set one of them")
+        risk_theta = softplus_weights("risk_weight", risk_weight, 1)
+        ce_theta = softplus_weights("ce_weight", ce_weight, 1)
         self.knots, self.span = knots, span
         self.risk, self.risk_weight = risk, float(risk_weight)
+        self.joint, self.ce_weight = joint, float(ce_weight)
         if risk:  # a = softplus(theta), starting at risk_weight
             self.num_features = 2
-            self.theta = nn.Parameter(torch.tensor([math.log(math.expm1(self.risk_weight))]))
+            self.theta = risk_theta
+            return
+        if joint:  # (b, a) = softplus(theta), starting at (ce_weight, risk_weight)
+            self.num_features = 3
+            self.theta = nn.Parameter(torch.cat([ce_theta, risk_theta]).detach())
             return
         self.num_features = 4 * len(self.temperatures)
         self.net = MonotoneSteps(self.num_features, knots, span)
@@ -226,17 +316,20 @@ class QASurrogate(Surrogate):
         config = dict(temperatures=list(self.temperatures), knots=self.knots, span=self.span)
         if self.risk:
             config.update(risk=True, risk_weight=self.risk_weight)
+        if self.joint:
+            config.update(joint=True, risk_weight=self.risk_weight, ce_weight=self.ce_weight)
         return config
 
     @property
     def risk_weights(self):
-        """With ``risk``: the weight a of ``1 - E[F1]``, (1,)."""
+        """With ``risk``: the weight a of ``1 - E[F1]``, (1,); with ``joint``: the weights (b, a)
+        of the default loss and of ``1 - E_span[F1]``, (2,)."""
         return F.softplus(self.theta)
 
     def head(self, features, weights):
-        if not self.risk:
+        if not (self.risk or self.joint):
             return super().head(features, weights)
-        values = features[..., 0] + features[..., 1] * self.risk_weights.to(features.dtype)
+        values = features[..., 0] + features[..., 1:] @ self.risk_weights.to(features.dtype)
         return weighted_unit_mean(values, weights)
 
     def features(self, pred, target, weight=None):
@@ -250,11 +343,16 @@ class QASurrogate(Surrogate):
             raise ValueError(f"'target' should hold token indices in [0, {length}) but holds "
                              f"[{int(target.min())}, {int(target.max())}]")
         logits = upcast_half(pred)
-        if self.risk:
+        if self.risk or self.joint:
             target = target.long()
             ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-            risk = 1 - expected_span_f1(logits, target)
-            features = torch.stack([ce.view(target.shape).mean(-1), risk.to(ce.dtype)], -1)
+            ce = ce.view(target.shape).mean(-1)
+            if self.risk:
+                features = [ce, 1 - expected_span_f1(logits, target).to(ce.dtype)]
+            else:
+                span_ce, f1 = _span_terms(logits, target, MAX_ANSWER_LENGTH)
+                features = [span_ce / 2, ce, 1 - f1.to(ce.dtype)]
+            features = torch.stack(features, -1)
         else:
             features = _tempered_span_losses(logits, target.long(), self.temperatures)
         return features.unsqueeze(1), logits.new_ones(logits.shape[0], 1)
@@ -327,9 +425,9 @@ TASK = Task(
     prediction_shapes=lambda logits: {"positions": tuple(logits.shape[:2]),
                                       "context": (logits.shape[0], logits.shape[2])},
     index_field="positions",
-    # The shipped surrogate is the default loss plus a learned share of the expected-F1 risk
-    # (QASurrogate(risk=True)): it holds the default loss already, so none is added beside it.
-    # The stepped form shipped before needed half of the default loss beside it (docs/qa.md).
+    # The shipped surrogate is the joint form (QASurrogate(joint=True)): the span cross-entropy
+    # plus learned shares of the default loss and of the expected-F1 risk. It holds the default
+    # loss already, so none is added beside it (docs/qa.md).
     default_original_weight=0.0,
     # As for classification: the gradient may fall 10x below cross-entropy's on a chunk (to
     # saturate on hopeless predictions) but rise only 1.5x above it.
