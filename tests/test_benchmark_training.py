@@ -254,3 +254,36 @@ def test_compare_runs_pairs_another_baseline_arm_and_proxy_runs(tmp_path, capsys
     with pytest.raises(SystemExit):
         compare_runs.main(["--proxy", "default", first, "--against", new])
     assert "not a tools/qa_proxy.py result with a 'default' arm" in capsys.readouterr().err
+
+
+def test_compare_runs_merges_a_run_split_by_seed(tmp_path, capsys):
+    """--merge joins parts of one run (--first-seed, a process each) and pairs each arm with the
+    merged baseline arm; the mean over regimes is per arm, with the SE of per-seed means."""
+    from tools import compare_runs
+
+    def part(path, seeds, offset):
+        def runs(base):
+            return dict(runs=[dict(seed=s, final=base + offset[s]) for s in seeds])
+        results = {regime: dict(original=runs(10.0), surrogate=runs(10.0 + shift),
+                                **{"mixed@1": runs(9.0)})
+                   for regime, shift in (("a", 1.0), ("b", 3.0))}
+        path.write_text(json.dumps(dict(task="qa", quick=False, sha256="x" * 64,
+                                        checkpoint="qa", results=results)))
+        return str(path)
+
+    offset = {0: 0.0, 1: 5.0, 2: -1.0, 3: 2.0}
+    first = part(tmp_path / "s0.json", [0, 1], offset)
+    second = part(tmp_path / "s2.json", [2, 3], offset)
+    capsys.readouterr()
+    compare_runs.main(["--merge", first, second])
+    out = capsys.readouterr().out
+    assert "| a | surrogate | +1.00 +- 0.00" in out and "| b | mixed@1 | -1.00 +- 0.00" in out
+    assert "surrogate: mean over regimes +2.00 +- 0.00 (per-seed means over regimes, 4 seeds), " \
+           "lowest +1.00" in out
+    assert "mixed@1: mean over regimes -1.00" in out
+    compare_runs.main(["--merge", "--baseline-arm", "surrogate", first, second])
+    out = capsys.readouterr().out
+    assert "| a | mixed@1 | -2.00 +- 0.00" in out and "| a | surrogate |" not in out
+    with pytest.raises(SystemExit):
+        compare_runs.main(["--merge", first, first])
+    assert "seed(s) [0, 1] are in another file too" in capsys.readouterr().err

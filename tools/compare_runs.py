@@ -2,6 +2,7 @@
 
     python -m tools.compare_runs BASELINE/results.json CANDIDATE/results.json [...]
     python -m tools.compare_runs --baseline-arm mixed OLD/results.json NEW/results.json
+    python -m tools.compare_runs --merge SEEDS_0-3/results.json SEEDS_4-7/results.json
     python -m tools.compare_runs --proxy ReLossQA OLD_0-4/results.json OLD_5-9/results.json \
         --against NEW/results.json
 
@@ -15,6 +16,9 @@ seed's difference, then the mean over regimes and the lowest regime.
 ``--proxy ARM`` pairs the ARM runs of ``tools/qa_proxy.py`` results (the baseline files, merged
 by seed) with the ARM runs of the ``--against`` files, seed by seed, on every final metric: two
 surrogates compared through the same proxy.
+
+``--merge`` reads the files as parts of one run split by seed (``--first-seed``, e.g. one process
+per core), merges them and pairs every arm of the merged run with its own ``--baseline-arm``.
 """
 import argparse
 import importlib
@@ -42,10 +46,36 @@ def compare(baseline, candidate, baseline_arm="original"):
             continue
         reference = {r["seed"]: r["final"] for r in originals["runs"]}
         for arm, record in arms.items():
-            if arm != "original":
+            if arm not in ("original", baseline_arm):
                 rows.append((regime, arm, experiment.paired(
                     reference, {r["seed"]: r["final"] for r in record["runs"]})))
     return rows
+
+
+def merge(parser, paths):
+    """One benchmark_training result from ``paths``, runs of the same task and size split by
+    seed: each regime's arms hold the runs of every file."""
+    merged = None
+    for path in paths:
+        record = load(parser, path)
+        if not isinstance(record, dict) or "results" not in record:
+            parser.error(f"{path}: not a tools/benchmark_training.py results.json")
+        if merged is None:
+            merged = dict(record, results={})
+        for key in ("task", "quick", "sha256"):
+            if record.get(key) != merged.get(key):
+                parser.error(f"{path}: '{key}' is {record.get(key)!r} but {paths[0]}'s is "
+                             f"{merged.get(key)!r}; --merge joins parts of one run")
+        for regime, arms in record["results"].items():
+            for arm, part in arms.items():
+                runs = merged["results"].setdefault(regime, {}).setdefault(arm, {"runs": []})
+                seeds = {r["seed"] for r in runs["runs"]}
+                twice = sorted(seeds & {r["seed"] for r in part["runs"]})
+                if twice:
+                    parser.error(f"{path}: {regime}/{arm} seed(s) {twice} are in another file "
+                                 "too; --merge joins runs of different seeds")
+                runs["runs"].extend(part["runs"])
+    return merged
 
 
 def proxy_finals(parser, paths, arm):
@@ -89,17 +119,27 @@ def main(argv=None):
                              "positional files against the --against files")
     parser.add_argument("--against", nargs="+", default=[], metavar="RESULTS_JSON",
                         help="with --proxy: the candidate qa_proxy results")
+    parser.add_argument("--merge", action="store_true",
+                        help="the files are parts of one run split by seed: merge them and pair "
+                             "its arms with its --baseline-arm")
     args = parser.parse_args(argv)
+    if args.merge and args.proxy:
+        parser.error("--merge and --proxy cannot be used together")
     if args.proxy:
         if not args.against:
             parser.error("--proxy needs --against RESULTS_JSON [...]")
         return compare_proxies(parser, args.proxy, [args.baseline, *args.candidates],
                                args.against)
-    if not args.candidates:
+    if args.merge:
+        paths = [args.baseline, *args.candidates]
+        baseline = merge(parser, paths)
+        candidates = [(" + ".join(paths), baseline)]
+    elif not args.candidates:
         parser.error("give at least one candidate results.json")
-    baseline = load(parser, args.baseline)
-    for path in args.candidates:
-        candidate = load(parser, path)
+    else:
+        baseline = load(parser, args.baseline)
+        candidates = [(path, load(parser, path)) for path in args.candidates]
+    for path, candidate in candidates:
         for key in ("task", "quick"):
             if candidate.get(key) != baseline.get(key):
                 parser.error(f"{path}: '{key}' is {candidate.get(key)!r} but the baseline's is "
@@ -109,16 +149,31 @@ def main(argv=None):
             parser.error(f"{path}: no regime with a {args.baseline_arm!r} arm in common with "
                          f"{args.baseline}")
         print(f"{path} (surrogate {candidate['checkpoint']}, sha256 {candidate['sha256'][:12]}...) "
-              f"against the {args.baseline_arm} arm of {args.baseline}:")
+              f"against the {args.baseline_arm} arm of "
+              f"{'the same run' if args.merge else args.baseline}:")
         tolerance = importlib.import_module(f"tools.reference.{baseline['task']}").TOLERANCE
         digits = 3 if tolerance < 0.1 else 2
         table = [[regime, arm, paired.format(digits), f"{min(paired.differences):+.{digits}f}"]
                  for regime, arm, paired in rows]
         print(experiment.markdown_table(["regime", "arm", "paired mean +- SE", "worst seed"],
                                         table))
-        means = [paired.mean for _, _, paired in rows]
-        print(f"mean over regimes {statistics.fmean(means):+.{digits}f}, lowest "
-              f"{min(means):+.{digits}f}\n")
+        for arm in dict.fromkeys(arm for _, arm, _ in rows):
+            print(f"{arm}: {over_regimes([p for _, a, p in rows if a == arm], digits)}")
+        print()
+
+
+def over_regimes(pairs, digits=2):
+    """'mean over regimes M (+- SE), lowest L' of an arm's Paired per regime; the SE is that of
+    the per-seed mean over regimes, over the seeds every regime ran (none if fewer than 2)."""
+    means = [p.mean for p in pairs]
+    text = f"mean over regimes {statistics.fmean(means):+.{digits}f}"
+    seeds = sorted(set.intersection(*(set(p.seeds) for p in pairs)))
+    if len(seeds) > 1:
+        by_seed = [dict(zip(p.seeds, p.differences, strict=True)) for p in pairs]
+        per_seed = [statistics.fmean(d[s] for d in by_seed) for s in seeds]
+        se = statistics.stdev(per_seed) / len(seeds) ** 0.5
+        text += f" +- {se:.{digits}f} (per-seed means over regimes, {len(seeds)} seeds)"
+    return f"{text}, lowest {min(means):+.{digits}f}"
 
 
 if __name__ == "__main__":
