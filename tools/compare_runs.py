@@ -170,8 +170,8 @@ def over_regimes(pairs, digits=2):
     seeds = sorted(set.intersection(*(set(p.seeds) for p in pairs)))
     if len(seeds) > 1:
         by_seed = [dict(zip(p.seeds, p.differences, strict=True)) for p in pairs]
-        per_seed = [statistics.fmean(d[s] for d in by_seed) for s in seeds]
-        se = statistics.stdev(per_seed) / len(seeds) ** 0.5
+        per_seed = {s: statistics.fmean(d[s] for d in by_seed) for s in seeds}
+        se = experiment.paired(dict.fromkeys(seeds, 0.0), per_seed).se
         text += f" +- {se:.{digits}f} (per-seed means over regimes, {len(seeds)} seeds)"
     return f"{text}, lowest {min(means):+.{digits}f}"
 
