@@ -40,6 +40,8 @@ CRITERIA = ("nat_loss", "reloss_nat")
 #: model this size, and the decoder reads a uniform copy of the source embeddings
 #: (--src-embedding-copy, Gu et al.'s NAT input; without it this small model learns several
 #: times slower). ``{updates}``, ``{warmup}`` and ``{seed}`` are filled in per run.
+#: ``--data-buffer-size 0``: no prefetch thread, which can abort the process at exit (batches and
+#: results are the same either way).
 RECIPE = (
     "--task translation_lev --arch nonautoregressive_transformer --noise full_mask "
     "--src-embedding-copy "
@@ -51,7 +53,8 @@ RECIPE = (
     "--encoder-embed-dim 64 --decoder-embed-dim 64 --encoder-ffn-embed-dim 128 "
     "--decoder-ffn-embed-dim 128 --encoder-layers 2 --decoder-layers 2 "
     "--encoder-attention-heads 4 --decoder-attention-heads 4 "
-    "--cpu --num-workers 0 --disable-validation --no-epoch-checkpoints --save-interval 100000 "
+    "--cpu --num-workers 0 --data-buffer-size 0 --disable-validation --no-epoch-checkpoints "
+    "--save-interval 100000 "
     "--log-format json --log-interval {interval}")
 
 GENERATE = ("--task translation_lev --gen-subset test --iter-decode-max-iter 0 "
