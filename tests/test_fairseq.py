@@ -299,7 +299,8 @@ def test_official_nat_base_command_runs_with_only_the_criterion_changed(data_bin
     project = os.path.join(ROOT, "projects", "wmt16_enro_nat")
     output = run(["bash", os.path.join(project, "train.sh"), data_bin, str(tmp_path),
                   "reloss_nat", "src", "tgt", "--cpu", "--num-workers", "0", "--max-tokens",
-                  "400", "--max-update", "3", "--warmup-updates", "2", *SMALL])
+                  "400", "--max-update", "3", "--warmup-updates", "2", "--data-buffer-size", "0",
+                  *SMALL])
     assert re.search(r"\| train \| .*\| reloss [\d.]+ .*num_updates 3", output)
     evaluated = run(["bash", os.path.join(project, "evaluate.sh"), data_bin,
                      str(tmp_path / "checkpoint_last.pt"), "src", "tgt", "--cpu"])

@@ -75,7 +75,8 @@ def build_parser():
                         help="'reference' (default), 'design', 'held-out', 'all' or regime "
                              "names of tools/reference/<task>.py")
     parser.add_argument("--quick", action="store_true",
-                        help="short runs: a few minutes per regime, for checks and tests")
+                        help="short runs: a few minutes per regime, for checks and tests (the "
+                             "loss alone timed over 5 calls rather than 50)")
     parser.add_argument("--original-weight", type=float, nargs="+", metavar="W",
                         help="weight of the original loss in the mixed arm, one mixed arm per "
                              "weight (default: the adapters' default for --task, or 1 where "
@@ -208,17 +209,18 @@ def loss_functions(task, surrogate, mixed_arms, label_smoothing=0.0, scale=None)
     return functions
 
 
-def time_losses(task, functions, repeats=50):
-    """Median forward + backward ms of each loss alone, at the task's timing sizes."""
+def time_losses(task, functions, repeats=50, warmup=5):
+    """Median forward + backward ms of each loss alone, at the task's timing sizes, over
+    ``repeats`` calls after ``warmup`` untimed ones."""
     pred, target, weight = task.timing_inputs(torch.Generator().manual_seed(0))
     out = {}
     for name, fn in functions.items():
         times = []
-        for i in range(repeats + 5):
+        for i in range(repeats + warmup):
             leaf = pred.clone().requires_grad_()
             start = time.perf_counter()
             fn(leaf, target, weight).backward()
-            if i >= 5:
+            if i >= warmup:
                 times.append(time.perf_counter() - start)
         out[name] = 1000 * statistics.median(times)
     return out
@@ -424,7 +426,8 @@ def main(argv=None):
                     {r["seed"]: r["final"] for r in record["runs"]})
     functions = loss_functions(task, surrogate, args.mixed_arms, args.label_smoothing or 0.0,
                                scale)
-    timings = time_losses(task, {arm: functions[arm] for arm in ("original", *arms)})
+    timings = time_losses(task, {arm: functions[arm] for arm in ("original", *arms)},
+                          **(dict(repeats=5, warmup=1) if args.quick else {}))
     seconds = time.time() - started
 
     text = table(results, task, args, timings)
