@@ -3,6 +3,7 @@ tools (fairseq-preprocess, fairseq-train, fairseq-generate, torchrun) on a gener
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 
@@ -249,6 +250,7 @@ def test_train_generate_resume_and_switch_back_to_nat_loss(data_bin, tmp_path):
     assert state["criterion"] is None  # the criterion holds nothing
     assert not [k for k in state["model"] if "surrogate" in k or "reloss" in k]
     assert state["cfg"]["criterion"]["_name"] == "reloss_nat"
+    at_4 = shutil.copy(checkpoint, tmp_path / "checkpoint_4.pt")  # inside epoch 1 (9 batches)
 
     generated = run(["fairseq-generate", data_bin, "--path", str(checkpoint), *GENERATE,
                      "--user-dir", USER_DIR])
@@ -260,11 +262,11 @@ def test_train_generate_resume_and_switch_back_to_nat_loss(data_bin, tmp_path):
     assert records[-1][-1] == 8
 
     # Loaded with nat_loss: the criterion changes, so fairseq asks for a fresh optimizer. The run
-    # resumes inside the restored epoch (update 4 of 9) and stops inside it; with fairseq's
+    # resumes inside the restored epoch (batch 4 of 9) and stops inside it; with fairseq's
     # prefetch thread (the default --data-buffer-size 10) this aborted at exit every time.
     switched = run(["fairseq-train", data_bin, *TRAIN, "--save-dir", str(tmp_path / "nat"),
                     "--criterion", "nat_loss", "--user-dir", USER_DIR, "--restore-file",
-                    str(checkpoint), "--reset-optimizer", "--reset-meters", "--max-update", "6"])
+                    str(at_4), "--reset-optimizer", "--reset-meters", "--max-update", "6"])
     assert "Loaded checkpoint" in switched and "num_updates 6" in switched
 
 
