@@ -15,53 +15,53 @@ SPECIAL := mmpose|xtcocotools|fairseq-fixed|torchsort
 # The main job: train a ResNet-20 on scikit-learn's digits through mmengine's Runner with
 # cross-entropy and with ReLossCls, 3 seeds each, and compare (a few minutes).
 demo: $(STAMP)
-	$(BIN)/python -m tools.demo_digits --out work_dirs/demo/$$(date +%Y%m%d_%H%M%S)
+	$(BIN)/python -m tools.benchmarks.demo_digits --out work_dirs/demo/$$(date +%Y%m%d_%H%M%S)
 
 # Learn a classification surrogate (about 30 s) and check it on a real model's predictions.
 demo-surrogate: $(STAMP)
 	out=work_dirs/demo_surrogate/$$(date +%Y%m%d_%H%M%S) && \
-	$(BIN)/python -m tools.digits_predictions --out $$out/digits_predictions.pt && \
+	$(BIN)/python -m tools.benchmarks.digits_predictions --out $$out/digits_predictions.pt && \
 	$(BIN)/python -m tools.pretrain_surrogate --task cls --out $$out/surrogate_cls \
 		--eval-data $$out/digits_predictions.pt
 
 benchmark: $(STAMP)
-	$(BIN)/python -m tools.benchmark_rank --out work_dirs/benchmark_rank
+	$(BIN)/python -m tools.benchmarks.rank --out work_dirs/benchmark_rank
 
 # Train small models with each shipped surrogate and with the loss it replaces (about 5 min each).
 benchmark-training: $(STAMP)
 	for task in cls pose nat qa; do \
-		$(BIN)/python -m tools.benchmark_training --task $$task --force || exit 1; done
+		$(BIN)/python -m tools.benchmarks.training --task $$task --force || exit 1; done
 
 # The regime matrices: every cls, pose, nat and qa regime, design and held-out splits, 4 seeds (about
 # three hours on 2 cores; add --quick for a few minutes per regime).
 benchmark-matrix: $(STAMP)
-	for task in cls pose nat qa; do $(BIN)/python -m tools.benchmark_training --task $$task \
+	for task in cls pose nat qa; do $(BIN)/python -m tools.benchmarks.training --task $$task \
 		--regimes all --seeds 4 --out work_dirs/benchmark_matrix/$$task --force || exit 1; done
 
 # MSE against ReLossPose through mmpose's pipeline and CocoMetric on generated data (under 10 min).
 pose-proxy: $(STAMP)
-	$(BIN)/python -m tools.pose_proxy --out work_dirs/pose_proxy/$$(date +%Y%m%d_%H%M%S)
+	$(BIN)/python -m tools.benchmarks.pose_proxy --out work_dirs/pose_proxy/$$(date +%Y%m%d_%H%M%S)
 
 # nat_loss against reloss_nat with fairseq-train and fairseq-generate on a generated corpus, 8 paired seeds (about 15 min).
 nat-proxy: $(STAMP)
-	$(BIN)/python -m tools.nat_proxy --out work_dirs/nat_proxy/$$(date +%Y%m%d_%H%M%S)
+	$(BIN)/python -m tools.benchmarks.nat_proxy --out work_dirs/nat_proxy/$$(date +%Y%m%d_%H%M%S)
 
 # The default QA loss against ReLossQA: a tiny BERT on generated Chinese extractive QA with
 # transformers' Trainer, 5 seeds each (under 10 min).
 qa-proxy: $(STAMP)
-	$(BIN)/python -m tools.qa_proxy --out work_dirs/qa_proxy/$$(date +%Y%m%d_%H%M%S)
+	$(BIN)/python -m tools.benchmarks.qa_proxy --out work_dirs/qa_proxy/$$(date +%Y%m%d_%H%M%S)
 
 # Training-step time with ReLoss against the original loss: ResNet-56 (cls), SimpleBaseline (pose),
 # fairseq's NAT-Base (nat), BERT-base for extractive QA (qa).
 benchmark-step: $(STAMP)
-	$(BIN)/python -m tools.benchmark_step --task cls
-	$(BIN)/python -m tools.benchmark_step --task pose
-	$(BIN)/python -m tools.benchmark_step --task nat
-	$(BIN)/python -m tools.benchmark_step --task qa
+	$(BIN)/python -m tools.benchmarks.step --task cls
+	$(BIN)/python -m tools.benchmarks.step --task pose
+	$(BIN)/python -m tools.benchmarks.step --task nat
+	$(BIN)/python -m tools.benchmarks.step --task qa
 
 # Each loss alone, forward + backward, against the loss it replaces (CPU, one thread).
 benchmark-loss: $(STAMP)
-	$(BIN)/python -m tools.benchmark_loss --task cls pose nat
+	$(BIN)/python -m tools.benchmarks.loss --task cls pose nat
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests

@@ -1,11 +1,11 @@
-"""tools/benchmark_step.py --task nat: fairseq's NAT model with nat_loss and with reloss_nat, built
+"""tools/benchmarks/step.py --task nat: fairseq's NAT model with nat_loss and with reloss_nat, built
 through fairseq's own APIs from the same weights, on a translation_lev batch (shrunk here)."""
 import argparse
 
 import pytest
 import torch
 
-from tools import benchmark_step
+from tools.benchmarks import step as benchmark_step
 
 SMALL = ["--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
          "--decoder-ffn-embed-dim", "64", "--encoder-layers", "1", "--decoder-layers", "1",

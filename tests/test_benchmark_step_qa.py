@@ -1,11 +1,11 @@
-"""tools/benchmark_step.py --task qa: a BERT QA model with its default loss and with ReLossQA,
+"""tools/benchmarks/step.py --task qa: a BERT QA model with its default loss and with ReLossQA,
 from the same weights (shrunk here)."""
 import argparse
 
 import pytest
 import torch
 
-from tools import benchmark_step
+from tools.benchmarks import step as benchmark_step
 
 
 @pytest.fixture

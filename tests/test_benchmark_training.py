@@ -1,4 +1,4 @@
-"""tools/benchmark_training.py: every task's quick benchmark trains every arm, and bad arguments
+"""tools/benchmarks/training.py: every task's quick benchmark trains every arm, and bad arguments
 are refused before any training starts."""
 import json
 import math
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import reloss
-from tools import benchmark_training
-from tools.reference import cls as reference_cls
-from tools.reference import nat as reference_nat
-from tools.reference import pose as reference_pose
-from tools.reference import qa as reference_qa
-from tools.reference import select
+from tools.benchmarks import training as benchmark_training
+from tools.benchmarks.reference import cls as reference_cls
+from tools.benchmarks.reference import nat as reference_nat
+from tools.benchmarks.reference import pose as reference_pose
+from tools.benchmarks.reference import qa as reference_qa
+from tools.benchmarks.reference import select
 
 
 @pytest.mark.slow
@@ -205,7 +205,7 @@ def test_label_smoothing_is_the_regimes_unless_given():
 def test_a_surrogate_only_run_pairs_with_an_earlier_original_arm(tmp_path, capsys):
     """tools/compare_runs: a seed fixes the original arm, so a '--arms surrogate' run compared with
     an earlier run's original arm gives the earlier run's own paired figures."""
-    from tools import compare_runs
+    from tools.benchmarks import compare_runs
 
     common = ["--task", "cls", "--regimes", "mlp-clean-sgd-10", "--quick", "--seeds", "2"]
     full = benchmark_training.main(common + ["--arms", "original", "surrogate",
@@ -226,7 +226,7 @@ def test_a_surrogate_only_run_pairs_with_an_earlier_original_arm(tmp_path, capsy
 def test_compare_runs_pairs_another_baseline_arm_and_proxy_runs(tmp_path, capsys):
     """--baseline-arm pairs with an arm other than 'original' (an earlier surrogate's default);
     --proxy pairs one arm of qa_proxy results (several files merged by seed) with another's."""
-    from tools import compare_runs
+    from tools.benchmarks import compare_runs
 
     def runs(finals):
         return dict(runs=[dict(seed=s, final=f) for s, f in finals.items()])
@@ -254,13 +254,14 @@ def test_compare_runs_pairs_another_baseline_arm_and_proxy_runs(tmp_path, capsys
     assert "| F1 | +0.50 +- 0.50 (tie) | +0.00 | 0, 1 |" in out
     with pytest.raises(SystemExit):
         compare_runs.main(["--proxy", "default", first, "--against", new])
-    assert "not a tools/qa_proxy.py result with a 'default' arm" in capsys.readouterr().err
+    assert ("not a tools/benchmarks/qa_proxy.py result with a 'default' arm"
+            in capsys.readouterr().err)
 
 
 def test_compare_runs_merges_a_run_split_by_seed(tmp_path, capsys):
     """--merge joins parts of one run (--first-seed, a process each) and pairs each arm with the
     merged baseline arm; the mean over regimes is per arm, with the SE of per-seed means."""
-    from tools import compare_runs
+    from tools.benchmarks import compare_runs
 
     def part(path, seeds, offset):
         def runs(base):

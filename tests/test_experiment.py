@@ -1,5 +1,5 @@
-"""tools/experiment.py, the harness of the demo, the proxies and the training benchmark: the
-overwrite rule, paired statistics, provenance, the table, the runner and quiet runs; and the
+"""tools/benchmarks/experiment.py, the harness of the demo, the proxies and the training benchmark:
+the overwrite rule, paired statistics, provenance, the table, the runner and quiet runs; and the
 tools' command lines."""
 import datetime
 import hashlib
@@ -15,7 +15,8 @@ import warnings
 import pytest
 
 from reloss import checkpoint
-from tools import benchmark_training, demo_digits, experiment, nat_proxy, pose_proxy
+from tools.benchmarks import demo_digits, experiment, nat_proxy, pose_proxy
+from tools.benchmarks import training as benchmark_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,7 +138,7 @@ def test_provenance_records_command_versions_checkpoints_machine_and_date(tmp_pa
     mine.write_bytes(b"weights")
     record = experiment.provenance("demo_digits", ["--seeds", "2", "--out", "a b"],
                                    surrogates=["cls", str(mine)], packages=("mmengine",))
-    assert record["command"] == "python -m tools.demo_digits --seeds 2 --out 'a b'"
+    assert record["command"] == "python -m tools.benchmarks.demo_digits --seeds 2 --out 'a b'"
     assert set(record["versions"]) >= {"python", "torch", "reloss", "mmengine"}
     import torch
 
@@ -269,6 +270,6 @@ def test_entry_points_run_by_path_and_as_modules(tmp_path):
         done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", script), "--help"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and "config" in done.stdout, done.stderr[-2000:]
-    done = subprocess.run([sys.executable, "-m", "tools.nat_proxy", "--help"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "tools.benchmarks.nat_proxy", "--help"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "--first-seed" in done.stdout, done.stderr[-2000:]

@@ -311,9 +311,9 @@ def test_official_nat_base_command_runs_with_only_the_criterion_changed(data_bin
 
 @pytest.mark.slow
 def test_nat_proxy_runs_end_to_end(tmp_path, capsys):
-    """tools/nat_proxy.py, a few updates: corpus, fairseq-preprocess, two fairseq-train runs at
-    once, fairseq-generate with predicted lengths over the whole test set, the table."""
-    from tools import nat_proxy
+    """tools/benchmarks/nat_proxy.py, a few updates: corpus, fairseq-preprocess, two fairseq-train
+    runs at once, fairseq-generate with predicted lengths over the whole test set, the table."""
+    from tools.benchmarks import nat_proxy
 
     out = tmp_path / "proxy"
     runs = nat_proxy.main(["--out", str(out), "--seeds", "1", "--updates", "4"])

@@ -149,7 +149,7 @@ def test_project_configs_load_and_build(path):
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
-    from tools import generate_coco_keypoints
+    from tools.benchmarks import generate_coco_keypoints
 
     return generate_coco_keypoints.write(str(tmp_path_factory.mktemp("coco")), 48, 16)
 
@@ -157,7 +157,7 @@ def coco_root(tmp_path_factory):
 def runner_config(path, root, extra=""):
     """The proxy experiment's config (mmpose's SimpleBaseline config with a small backbone and
     the generated data), ReLossPose, one epoch."""
-    from tools import pose_proxy
+    from tools.benchmarks import pose_proxy
 
     path.write_text(pose_proxy.config_text(root, "ReLossPose", extra=extra))
     return str(path)
@@ -199,7 +199,7 @@ def test_two_process_ddp_on_cpu_trains(coco_root, tmp_path):
 
 @pytest.mark.parametrize("task", ["cls", "pose"])
 def test_step_benchmark_runs(task, capsys):
-    from tools import benchmark_step
+    from tools.benchmarks import step as benchmark_step
 
     result = benchmark_step.main(["--task", task, "--steps", "1", "--warmup", "0",
                                   "--batch", "2", "--device", "cpu"])

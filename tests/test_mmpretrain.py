@@ -283,7 +283,7 @@ def test_collect_predictions_feeds_pretraining(image_root, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_trains_both_losses_and_prints_the_table(tmp_path, capsys):
-    from tools import demo_digits
+    from tools.benchmarks import demo_digits
 
     out = tmp_path / "demo"
     result = demo_digits.main(["--out", str(out), "--seeds", "1", "--epochs", "1"])

@@ -10,7 +10,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from tools import evaluate_qa, finetune_qa, qa_proxy  # noqa: E402
+from tools import evaluate_qa, finetune_qa  # noqa: E402
+from tools.benchmarks import qa_proxy  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT = os.path.join(ROOT, "projects", "mrc_macbert")

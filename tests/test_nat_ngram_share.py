@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import reloss
-from tools.nat_ngram_share import main, ngram_share
+from tools.benchmarks.nat_ngram_share import main, ngram_share
 
 
 def _batch():

@@ -9,7 +9,8 @@ import reloss
 from reloss import checkpoint, pretrain
 from reloss.predictions import load_predictions
 from reloss.tasks import TASKS
-from tools import digits_predictions, pretrain_surrogate
+from tools import pretrain_surrogate
+from tools.benchmarks import digits_predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

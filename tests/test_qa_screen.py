@@ -1,5 +1,5 @@
-"""tools/qa_screen.py: fixed QA loss forms trained on the qa regime matrix, paired with the
-default loss."""
+"""tools/benchmarks/qa_screen.py: fixed QA loss forms trained on the qa regime matrix, paired with
+the default loss."""
 import json
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("transformers")
 from reloss.tasks import qa  # noqa: E402
-from tools import qa_screen  # noqa: E402
+from tools.benchmarks import qa_screen  # noqa: E402
 
 
 def test_variants_are_the_losses_they_name():

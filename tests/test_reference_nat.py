@@ -2,7 +2,7 @@ import pytest
 import sacrebleu
 import torch
 
-from tools.reference import nat
+from tools.benchmarks.reference import nat
 
 
 def test_corpus_bleu_matches_sacrebleu():

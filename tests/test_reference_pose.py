@@ -1,9 +1,9 @@
-"""The pose reference task of tools/benchmark_training.py: its data, its loss and its CLI."""
+"""The pose reference task of tools/benchmarks/training.py: its data, its loss and its CLI."""
 import pytest
 import torch
 
 from reloss.predictions import load_predictions
-from tools.reference import pose
+from tools.benchmarks.reference import pose
 
 
 def test_data_are_fixed_and_well_formed():

@@ -1,4 +1,4 @@
-"""The qa reference task of tools/benchmark_training.py: its data, its loss, its metric and a
+"""The qa reference task of tools/benchmarks/training.py: its data, its loss, its metric and a
 quick regime-matrix run through the benchmark's command line."""
 import json
 import math
@@ -8,8 +8,9 @@ import torch
 
 import reloss
 from reloss.tasks.qa import qa_cross_entropy
-from tools import benchmark_training, qa_proxy
-from tools.reference import qa
+from tools.benchmarks import qa_proxy
+from tools.benchmarks import training as benchmark_training
+from tools.benchmarks.reference import qa
 
 
 def test_encoding_puts_the_gold_span_on_the_answer():

@@ -12,7 +12,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _proxy(tmp_path, sha):
-    record = dict(provenance=dict(command="python -m tools.nat_proxy", surrogates=dict(nat=sha)),
+    record = dict(provenance=dict(command="python -m tools.benchmarks.nat_proxy",
+                                  surrogates=dict(nat=sha)),
                   seeds=2, updates=100, paired=dict(reloss_nat=dict(mean=0.5, se=0.1)),
                   runs=dict(nat_loss=[dict(seed=0, bleu=20.0, log=[1, 2])],
                             reloss_nat=[dict(seed=0, bleu=20.5, log=[1, 2])]))
@@ -37,8 +38,8 @@ def test_proxy_of_another_checkpoint_is_refused(tmp_path):
 
 
 def test_qa_proxy_figures_are_kept(tmp_path):
-    """tools/qa_proxy.py writes paired figures and curves, no per-run logs."""
-    provenance = dict(command="python -m tools.qa_proxy", surrogates=dict(qa="ab" * 32))
+    """tools/benchmarks/qa_proxy.py writes paired figures and curves, no per-run logs."""
+    provenance = dict(command="python -m tools.benchmarks.qa_proxy", surrogates=dict(qa="ab" * 32))
     record = dict(provenance=provenance,
                   seeds=[0, 1], epochs=15, train=2000, dev=300,
                   paired=dict(ReLossQA=dict(F1=dict(mean=0.4, se=0.2))),

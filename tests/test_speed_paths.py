@@ -222,7 +222,7 @@ def test_cheap_checks_refuse_exactly_what_the_element_wise_ones_do(device_check)
 
 def test_benchmark_loss_times_every_loss(capsys):
     pytest.importorskip("mmpretrain")
-    from tools import benchmark_loss
+    from tools.benchmarks import loss as benchmark_loss
 
     record = benchmark_loss.main(["--task", "cls", "--repeats", "2", "--warmup", "0"])
     assert {(tuple(r["size"]), r["loss"]) for r in record} == {
@@ -233,7 +233,7 @@ def test_benchmark_loss_times_every_loss(capsys):
 
 
 def test_saved_bytes_counts_what_autograd_keeps_but_not_the_inputs():
-    from tools import benchmark_loss
+    from tools.benchmarks import loss as benchmark_loss
 
     logits = torch.randn(8, 100)
     labels = torch.randint(100, (8,))

@@ -20,7 +20,7 @@ from transformers import (  # noqa: E402
 import reloss  # noqa: E402
 from reloss import squad  # noqa: E402
 from reloss.transformers import ReLossQA, ReLossQATrainer  # noqa: E402
-from tools import qa_proxy  # noqa: E402
+from tools.benchmarks import qa_proxy  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -228,7 +228,7 @@ import os, sys, torch
 from transformers import BertForQuestionAnswering, TrainingArguments, default_data_collator
 from reloss import squad
 from reloss.transformers import ReLossQATrainer
-from tools import qa_proxy
+from tools.benchmarks import qa_proxy
 from transformers import BertTokenizerFast
 
 folder, out, steps, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"

@@ -9,9 +9,9 @@
 Copies DIR/surrogate.pt to plugins/reloss/checkpoints/NAME.pt and DIR/model_card.json to NAME.json,
 after checking the checkpoint against the card's sha256, and records the sha256 in manifest.json,
 which ``reloss.load_surrogate(NAME)`` checks on every load. ``--benchmark`` adds the figures of
-``tools/benchmark_training.py`` runs on this very checkpoint (same sha256) to the model card, next
-to its ranking figures; ``--proxy`` those of ``tools/nat_proxy.py`` or ``tools/qa_proxy.py`` runs
-that trained with it.
+``tools/benchmarks/training.py`` runs on this very checkpoint (same sha256) to the model card, next
+to its ranking figures; ``--proxy`` those of ``tools/benchmarks/nat_proxy.py`` or
+``tools/benchmarks/qa_proxy.py`` runs that trained with it.
 """
 import argparse
 import json
@@ -54,9 +54,9 @@ def benchmark_summary(parser, path, card):
 
 
 def proxy_summary(parser, path, card):
-    """The figures of a proxy's results.json (``tools/nat_proxy.py``, ``tools/qa_proxy.py``),
-    checked to have trained with this checkpoint: per criterion and seed the final metric (the
-    nat proxy), and the paired differences."""
+    """The figures of a proxy's results.json (``tools/benchmarks/nat_proxy.py``,
+    ``tools/benchmarks/qa_proxy.py``), checked to have trained with this checkpoint: per criterion
+    and seed the final metric (the nat proxy), and the paired differences."""
     record = read_record(parser, "--proxy", path)
     used = record.get("provenance", {}).get("surrogates", {}) if isinstance(record, dict) else {}
     if card["sha256"] not in used.values() or not isinstance(
@@ -79,10 +79,10 @@ def main(argv=None):
     parser.add_argument("name", help="the name to load it by, e.g. cls")
     parser.add_argument("--force", action="store_true", help="replace a shipped surrogate")
     parser.add_argument("--benchmark", nargs="+", default=[], metavar="RESULTS_JSON",
-                        help="results.json of tools/benchmark_training.py runs to record")
+                        help="results.json of tools/benchmarks/training.py runs to record")
     parser.add_argument("--proxy", nargs="+", default=[], metavar="RESULTS_JSON",
-                        help="results.json of tools/nat_proxy.py or tools/qa_proxy.py runs "
-                        "to record")
+                        help="results.json of tools/benchmarks/nat_proxy.py or "
+                        "tools/benchmarks/qa_proxy.py runs to record")
     args = parser.parse_args(argv)
     source = os.path.join(args.folder, "surrogate.pt")
     with open(os.path.join(args.folder, "model_card.json"), encoding="utf-8") as f:

@@ -1,8 +1,8 @@
 """The default QA loss against ReLossQA: a tiny BERT fine-tuned on generated Chinese extractive QA.
 
-    python -m tools.qa_proxy                        # 5 seeds per loss, about 7.5 minutes on 2 CPUs
-    python -m tools.qa_proxy --seeds 2 --epochs 2 --out work_dirs/qa_proxy/quick
-    python -m tools.qa_proxy --checkpoint work_dirs/my_qa/surrogate.pt   # your own surrogate
+    python -m tools.benchmarks.qa_proxy                           # 5 seeds per loss
+    python -m tools.benchmarks.qa_proxy --seeds 2 --epochs 2 --out work_dirs/qa_proxy/quick
+    python -m tools.benchmarks.qa_proxy --checkpoint work_dirs/my_qa/surrogate.pt  # your own
 
 Writes a generated SQuAD-format set (data/train.json, data/dev.json): passages of CJK characters
 holding 2 or 3 facts, each a one-character key followed by its answer (1 to 10 characters) and
@@ -23,7 +23,7 @@ import os
 import random
 import time
 
-from tools import experiment
+from tools.benchmarks import experiment
 
 BASELINE, RELOSS = "default loss", "ReLossQA"
 ARMS = {BASELINE: "default", RELOSS: "reloss"}
@@ -136,7 +136,7 @@ def ranking(paths, out, checkpoint):
 
 
 def build_parser():
-    parser = experiment.parser(__doc__, "qa_proxy", seeds=5, module="tools.qa_proxy")
+    parser = experiment.parser(__doc__, "qa_proxy", seeds=5, module="tools.benchmarks.qa_proxy")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per run (default 15)")
     parser.add_argument("--train", type=int, default=2000, help="training questions")
     parser.add_argument("--dev", type=int, default=300, help="dev questions")

@@ -6,7 +6,7 @@ after several epochs, from chance level to a trained model's, in the stored-pred
 of ``reloss.predictions`` (task 'cls', group = epoch), ready for
 ``tools/evaluate_surrogate.py cls --data FILE`` or ``tools/pretrain_surrogate.py --data FILE``.
 
-    python -m tools.digits_predictions --out work_dirs/digits_predictions.pt
+    python -m tools.benchmarks.digits_predictions --out work_dirs/digits_predictions.pt
 """
 import argparse
 import os

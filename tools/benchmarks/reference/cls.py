@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools.reference import Regime, regime
+from tools.benchmarks.reference import Regime, regime
 
 METRIC = "test accuracy (%)"
 CHANCE = 10.0

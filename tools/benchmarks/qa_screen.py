@@ -1,10 +1,10 @@
 """Screen fixed QA loss forms on the qa regime matrix (tiny BERT), paired with the default loss.
 
-    python -m tools.qa_screen --regimes proxy short-3f long-5f-4k --seeds 4 \
+    python -m tools.benchmarks.qa_screen --regimes proxy short-3f long-5f-4k --seeds 4 \
         --variants span half span-risk:0.3 risk:0.5:0.3 --out work_dirs/qa_screen/design
 
 Each variant is a plain loss built from ``reloss.tasks.qa`` (no learned weight), trained with
-``tools.reference.qa.run`` like the training benchmark's arms:
+``tools.benchmarks.reference.qa.run`` like the training benchmark's arms:
 
 - ``default``: ``(CE(start) + CE(end)) / 2``, the default QA loss (always run: the baseline);
 - ``span``: the span cross-entropy (one softmax over the decoder's spans);
@@ -20,8 +20,8 @@ import sys
 import torch
 
 from reloss.tasks.qa import expected_decoded_f1, expected_span_f1, span_cross_entropy
-from tools import experiment
-from tools.reference import qa as reference
+from tools.benchmarks import experiment
+from tools.benchmarks.reference import qa as reference
 
 
 def _default(logits, positions):
@@ -55,7 +55,7 @@ def variant(name):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = experiment.parser(__doc__, "qa_screen", seeds=4, module="tools.qa_screen")
+    parser = experiment.parser(__doc__, "qa_screen", seeds=4, module="tools.benchmarks.qa_screen")
     parser.add_argument("--regimes", nargs="+", default=["proxy"],
                         choices=sorted(reference.REGIMES))
     parser.add_argument("--variants", nargs="+", required=True)

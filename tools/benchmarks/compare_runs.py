@@ -1,21 +1,22 @@
 """Pair the arms of benchmark_training runs with the original-loss arm of another run.
 
-    python -m tools.compare_runs BASELINE/results.json CANDIDATE/results.json [...]
-    python -m tools.compare_runs --baseline-arm mixed OLD/results.json NEW/results.json
-    python -m tools.compare_runs --merge SEEDS_0-3/results.json SEEDS_4-7/results.json
-    python -m tools.compare_runs --proxy ReLossQA OLD_0-4/results.json OLD_5-9/results.json \
+    python -m tools.benchmarks.compare_runs BASELINE/results.json CANDIDATE/results.json [...]
+    python -m tools.benchmarks.compare_runs --baseline-arm mixed OLD/results.json NEW/results.json
+    python -m tools.benchmarks.compare_runs --merge SEEDS_0-3/results.json SEEDS_4-7/results.json
+    python -m tools.benchmarks.compare_runs --proxy ReLossQA \
+        OLD_0-4/results.json OLD_5-9/results.json \
         --against NEW/results.json
 
-Runs of ``tools/benchmark_training.py`` with the same task, regimes, seeds and size train the
+Runs of ``tools/benchmarks/training.py`` with the same task, regimes, seeds and size train the
 original loss identically (a seed fixes initialisation and data order), so a candidate surrogate
 can be run with ``--arms surrogate`` alone and compared with the original arm of an earlier run
 (or, with ``--baseline-arm``, another of its arms: the default of an earlier surrogate). Prints,
 per candidate, regime and arm: the paired mean difference with its standard error and the worst
 seed's difference, then the mean over regimes and the lowest regime.
 
-``--proxy ARM`` pairs the ARM runs of ``tools/qa_proxy.py`` results (the baseline files, merged
-by seed) with the ARM runs of the ``--against`` files, seed by seed, on every final metric: two
-surrogates compared through the same proxy.
+``--proxy ARM`` pairs the ARM runs of ``tools/benchmarks/qa_proxy.py`` results (the baseline files,
+merged by seed) with the ARM runs of the ``--against`` files, seed by seed, on every final metric:
+two surrogates compared through the same proxy.
 
 ``--merge`` reads the files as parts of one run split by seed (``--first-seed``, e.g. one process
 per core), merges them and pairs every arm of the merged run with its own ``--baseline-arm``.
@@ -25,7 +26,7 @@ import importlib
 import json
 import statistics
 
-from tools import experiment
+from tools.benchmarks import experiment
 
 
 def load(parser, path):
@@ -59,7 +60,7 @@ def merge(parser, paths):
     for path in paths:
         record = load(parser, path)
         if not isinstance(record, dict) or "results" not in record:
-            parser.error(f"{path}: not a tools/benchmark_training.py results.json")
+            parser.error(f"{path}: not a tools/benchmarks/training.py results.json")
         if merged is None:
             merged = dict(record, results={})
         for key in ("task", "quick", "sha256"):
@@ -85,7 +86,7 @@ def proxy_finals(parser, paths, arm):
         record = load(parser, path)
         runs = record.get("curves", {}).get(arm) if isinstance(record, dict) else None
         if runs is None:
-            parser.error(f"{path}: not a tools/qa_proxy.py result with a {arm!r} arm")
+            parser.error(f"{path}: not a tools/benchmarks/qa_proxy.py result with a {arm!r} arm")
         for run in runs:
             for metric, value in run["curve"][-1].items():
                 if metric not in ("epoch", "step", "train_loss"):
@@ -151,7 +152,8 @@ def main(argv=None):
         print(f"{path} (surrogate {candidate['checkpoint']}, sha256 {candidate['sha256'][:12]}...) "
               f"against the {args.baseline_arm} arm of "
               f"{'the same run' if args.merge else args.baseline}:")
-        tolerance = importlib.import_module(f"tools.reference.{baseline['task']}").TOLERANCE
+        reference = importlib.import_module(f"tools.benchmarks.reference.{baseline['task']}")
+        tolerance = reference.TOLERANCE
         digits = 3 if tolerance < 0.1 else 2
         table = [[regime, arm, paired.format(digits), f"{min(paired.differences):+.{digits}f}"]
                  for regime, arm, paired in rows]

@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from reloss import metrics
-from tools.reference import Regime, checkpoint_loss, prediction_parser, regime, write_predictions
+from tools.benchmarks.reference import (
+    Regime,
+    checkpoint_loss,
+    prediction_parser,
+    regime,
+    write_predictions,
+)
 
 METRIC = "BLEU, predicted length"
 CHANCE = 0.0
@@ -290,7 +296,7 @@ def run(name, loss_fn, seed, quick=False, progress=None, steps=None, batch=64, l
     """Train a fresh NAT in the regime ``name`` with ``loss_fn(logits, targets, weights)`` + the
     length cross-entropy; test BLEU (predicted lengths) along training. ``gold=True`` also records
     gold-length BLEU; ``snapshot(fraction, net)`` is called at each tenth of training. The
-    regime's ``label_smoothing`` is applied by the caller's loss (tools/benchmark_training.py)."""
+    regime's ``label_smoothing`` is applied by the caller's loss (tools/benchmarks/training.py)."""
     options = regime(REGIMES, name).options
     (source, target), (test_source, test_target) = data(options["pair"])
     steps = steps or (60 if quick else options["steps"])

@@ -1,6 +1,6 @@
 """Training-step time of a model with ReLoss against the loss it replaces, in one run.
 
-    python -m tools.benchmark_step [--task cls|pose|nat|qa] [--batch N] [--steps 20]
+    python -m tools.benchmarks.step [--task cls|pose|nat|qa] [--batch N] [--steps 20]
                                    [--device cpu|cuda] [--amp bf16|fp16] [--tokens 32]
 
 'cls': the ReLoss paper's CIFAR ResNet-56 (``ResNetCIFARPaper``, 32x32 inputs) as an mmpretrain

@@ -1,6 +1,6 @@
 """The learned losses alone against the losses they replace: forward + backward time, in one run.
 
-    python -m tools.benchmark_loss [--task cls pose nat] [--repeats 200] [--threads 1]
+    python -m tools.benchmarks.loss [--task cls pose nat] [--repeats 200] [--threads 1]
                                    [--device cpu|cuda]
 
 'cls': ``F.cross_entropy`` against ``ReLossCls`` (reloss.mmpretrain, as a head calls it) and the
@@ -140,7 +140,7 @@ def saved_bytes(loss, inputs):
 
 def main(argv=None):
     head, _, rest = __doc__.partition("\n")
-    parser = argparse.ArgumentParser(prog="python -m tools.benchmark_loss", description=head,
+    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.loss", description=head,
                                      epilog=rest.strip("\n"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", nargs="+", choices=sorted(CASES), default=["cls", "pose"])

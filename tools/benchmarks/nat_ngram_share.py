@@ -1,13 +1,13 @@
 """How much of the ``nat`` surrogate's gradient its bag-of-n-grams distances carry.
 
-    python -m tools.nat_ngram_share work_dirs/nat/preds/ng1_default.pt [--checkpoint nat]
+    python -m tools.benchmarks.nat_ngram_share work_dirs/nat/preds/ng1_default.pt [--checkpoint nat]
 
 The sentence-level ``nat`` surrogate is ``CE + sum_k a_k d_k`` (token cross-entropy plus learned
-weights times the bag-of-n-grams distances). With a stored prediction file (from
-``python -m tools.reference.nat --out FILE``: gold-length logits of reference NATs at every tenth
-of their training, one group per snapshot) this prints, per snapshot, the share of the
-distances in the gradient at the logits, ``|g_ngram| / (|g_ngram| + |g_CE|)``, the definition the
-training benchmark uses for a mixed loss's share.
+weights times the bag-of-n-grams distances). With a stored prediction file (from ``python -m
+tools.benchmarks.reference.nat --out FILE``: gold-length logits of reference NATs at every tenth of
+their training, one group per snapshot) this prints, per snapshot, the share of the distances in the
+gradient at the logits, ``|g_ngram| / (|g_ngram| + |g_CE|)``, the definition the training benchmark
+uses for a mixed loss's share.
 """
 import argparse
 import statistics

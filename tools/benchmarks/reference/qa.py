@@ -1,11 +1,11 @@
 """Extractive QA reference task: a tiny BERT finds the answer span in generated Chinese passages.
 
-The data are the QA proxy's (``tools.qa_proxy.generate``): passages of CJK characters holding a
-few facts, each a one-character key followed by its answer and '。', between filler runs; the
-question names one key ("K是什么？"), and the other facts' answers are distractor spans of the same
-kind. Characters are tokens (their index in ``tools.qa_proxy.vocabulary()``; no tokenizer files),
-laid out as BERT's: [CLS] question [SEP] passage [SEP] padding, token types 0 then 1. Training and
-dev sets come from fixed seeds, the same for every arm and training seed.
+The data are the QA proxy's (``tools.benchmarks.qa_proxy.generate``): passages of CJK characters
+holding a few facts, each a one-character key followed by its answer and '。', between filler runs;
+the question names one key ("K是什么？"), and the other facts' answers are distractor spans of the
+same kind. Characters are tokens (their index in ``tools.benchmarks.qa_proxy.vocabulary()``; no
+tokenizer files), laid out as BERT's: [CLS] question [SEP] passage [SEP] padding, token types 0
+then 1. Training and dev sets come from fixed seeds, the same for every arm and training seed.
 
 The model is transformers' ``BertForQuestionAnswering`` built in-process from a ``BertConfig``
 (2 layers, width 64, 2 heads, as the proxy's), trained from scratch with a plain loop: AdamW
@@ -26,8 +26,9 @@ on 192 questions for 2 epochs and scores 48 dev questions.
 Run as a script, it stores the start and end logits of models along their training (on training
 questions, never the dev ones) for ``tools/pretrain_surrogate.py --data``:
 
-    python -m tools.reference.qa --out work_dirs/qa/preds_ce_proxy.pt --regime proxy
-    python -m tools.reference.qa --checkpoint DIR/surrogate.pt --out FILE.pt --regime short-3f
+    python -m tools.benchmarks.reference.qa --out work_dirs/qa/preds_ce_proxy.pt --regime proxy
+    python -m tools.benchmarks.reference.qa --checkpoint DIR/surrogate.pt --out FILE.pt \
+        --regime short-3f
 """
 import math
 
@@ -35,7 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from reloss.tasks.qa import best_spans, cmrc_f1
-from tools.reference import Regime, checkpoint_loss, prediction_parser, regime, write_predictions
+from tools.benchmarks.reference import (
+    Regime,
+    checkpoint_loss,
+    prediction_parser,
+    regime,
+    write_predictions,
+)
 
 METRIC = "dev F1 (%)"
 # An untrained model's decoded spans overlap the answer often enough for 13-32 F1 (20 on average
@@ -90,9 +97,9 @@ _DATA = {}
 
 def encode(examples):
     """Token ids, token types, attention masks, passage masks (M, L), gold (start, end) token
-    indices (M, 2) and each passage's first token, for examples of ``tools.qa_proxy.generate``
-    (L: the longest sequence)."""
-    from tools.qa_proxy import vocabulary
+    indices (M, 2) and each passage's first token, for examples of
+    ``tools.benchmarks.qa_proxy.generate`` (L: the longest sequence)."""
+    from tools.benchmarks.qa_proxy import vocabulary
 
     index = {char: i for i, char in enumerate(vocabulary())}
     cls, sep = index["[CLS]"], index["[SEP]"]
@@ -127,7 +134,7 @@ def encode(examples):
 def data(answers="proxy", facts=(2, 3), train=2000, dev=400):
     """(training set, dev set, dev examples), generated once per setting: encoded as
     :func:`encode` does, padded to the same length."""
-    from tools.qa_proxy import generate
+    from tools.benchmarks.qa_proxy import generate
 
     if answers not in ANSWERS:
         raise ValueError(f"'answers' should be one of {sorted(ANSWERS)} but got {answers!r}")
@@ -146,7 +153,7 @@ def model(length, seed):
     from transformers import BertConfig, BertForQuestionAnswering
     from transformers.utils import logging
 
-    from tools.qa_proxy import vocabulary
+    from tools.benchmarks.qa_proxy import vocabulary
 
     logging.set_verbosity_error()
     torch.manual_seed(seed)

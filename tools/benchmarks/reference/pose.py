@@ -25,8 +25,8 @@ when the argmax is the target's own pixel. Adam with a cosine schedule, 3 epochs
 Run as a script, it stores predictions of nets along their training (on images the benchmark
 never uses) for ``tools/pretrain_surrogate.py --data``:
 
-    python -m tools.reference.pose --out work_dirs/pose/predictions_mse.pt
-    python -m tools.reference.pose --checkpoint DIR/surrogate.pt --out FILE.pt
+    python -m tools.benchmarks.reference.pose --out work_dirs/pose/predictions_mse.pt
+    python -m tools.benchmarks.reference.pose --checkpoint DIR/surrogate.pt --out FILE.pt
 """
 import math
 from dataclasses import dataclass
@@ -36,7 +36,13 @@ from torch import nn
 
 from reloss.metrics import pck_accuracy
 from reloss.tasks.pose import gaussian_heatmaps, keypoint_mse_per_chunk
-from tools.reference import Regime, checkpoint_loss, prediction_parser, regime, write_predictions
+from tools.benchmarks.reference import (
+    Regime,
+    checkpoint_loss,
+    prediction_parser,
+    regime,
+    write_predictions,
+)
 
 METRIC = "PCK@0.05 (fraction)"
 CHANCE = 1.0 / 256  # a random argmax over 16 x 16 heatmap pixels

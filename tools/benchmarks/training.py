@@ -1,12 +1,12 @@
 """Is a surrogate worth training with? Train small reference models from scratch with the original
 loss, with the surrogate alone and with the two mixed, on the same seeds, and compare.
 
-    python -m tools.benchmark_training --task cls
-    python -m tools.benchmark_training --task pose --checkpoint work_dirs/my_pose/surrogate.pt
-    python -m tools.benchmark_training --task nat --seeds 3 --quick
-    python -m tools.benchmark_training --task nat --label-smoothing 0.1
-    python -m tools.benchmark_training --task cls --regimes design --quick
-    python -m tools.benchmark_training --task cls --regimes held-out --original-weight 0.5 1
+    python -m tools.benchmarks.training --task cls
+    python -m tools.benchmarks.training --task pose --checkpoint work_dirs/my_pose/surrogate.pt
+    python -m tools.benchmarks.training --task nat --seeds 3 --quick
+    python -m tools.benchmarks.training --task nat --label-smoothing 0.1
+    python -m tools.benchmarks.training --task cls --regimes design --quick
+    python -m tools.benchmarks.training --task cls --regimes held-out --original-weight 0.5 1
 
 Every arm trains the same model from the same initialisation on the same data order (one seed
 each); only the loss differs:
@@ -21,29 +21,29 @@ each); only the loss differs:
   (the task's ``default_original_weight`` in ``reloss.tasks``; ``--original-weight`` overrides
   it; several weights give one mixed arm each, named 'mixed@W').
 
-Each task has a regime matrix (``REGIMES`` in tools/reference/<task>.py): reference model x data x
-schedule x optimiser, each in the design split (where designs, pretraining data and defaults are
-chosen) or the held-out split (measured at the end, never tuned on). ``--regimes`` takes
-'reference' (the default: the regimes the shipped surrogates were first designed on), 'design',
-'held-out', 'all' or regime names. Every arm and seed runs in every regime.
+Each task has a regime matrix (``REGIMES`` in tools/benchmarks/reference/<task>.py): reference model
+x data x schedule x optimiser, each in the design split (where designs, pretraining data and
+defaults are chosen) or the held-out split (measured at the end, never tuned on). ``--regimes``
+takes 'reference' (the default: the regimes the shipped surrogates were first designed on),
+'design', 'held-out', 'all' or regime names. Every arm and seed runs in every regime.
 
 For 'nat', label smoothing E smooths the original loss as fairseq's ``nat_loss`` does and the
 surrogate as ``reloss_nat`` does (``(1 - E) loss + E mean_k(-log p(k))``), in every arm: E is the
 regime's ``label_smoothing`` (0.1 in the regimes that name it), or ``--label-smoothing E`` in every
 regime.
 
-The reference tasks (tools/reference/) need no download: 'cls' trains small classifiers on
-scikit-learn's digits; 'pose' small heatmap models on generated keypoint images; 'nat' a small
-non-autoregressive transformer on a generated parallel corpus, decoded with predicted lengths;
-'qa' a tiny BERT (transformers) on generated extractive QA, scored by the decoded answer's F1.
-Prints a progress bar per run, then the table (final metric, worst seed, each arm against the
-original loss seed by seed: the paired difference, its mean and standard error; the metric after
-the first 10% of training, collapsed seeds, the surrogate's share of the gradient in the mixed
-arms, the loss-alone forward + backward time against the original loss), then the matrix (per
-regime and arm: the paired mean difference against the original loss with its standard error and
-the worst seed's difference; per split: the mean over regimes, the lowest regime, the regimes below
-the original by more than the task's tolerance, collapsed seeds) and writes results.json (with
-provenance), results.md, curves.png and matrix.png to --out.
+The reference tasks (tools/benchmarks/reference/) need no download: 'cls' trains small classifiers
+on scikit-learn's digits; 'pose' small heatmap models on generated keypoint images; 'nat' a small
+non-autoregressive transformer on a generated parallel corpus, decoded with predicted lengths; 'qa'
+a tiny BERT (transformers) on generated extractive QA, scored by the decoded answer's F1. Prints a
+progress bar per run, then the table (final metric, worst seed, each arm against the original loss
+seed by seed: the paired difference, its mean and standard error; the metric after the first 10% of
+training, collapsed seeds, the surrogate's share of the gradient in the mixed arms, the loss-alone
+forward + backward time against the original loss), then the matrix (per regime and arm: the paired
+mean difference against the original loss with its standard error and the worst seed's difference;
+per split: the mean over regimes, the lowest regime, the regimes below the original by more than the
+task's tolerance, collapsed seeds) and writes results.json (with provenance), results.md, curves.png
+and matrix.png to --out.
 """
 import importlib
 import math
@@ -56,8 +56,8 @@ import torch
 
 import reloss
 from reloss.tasks import TASKS, get_task
-from tools import experiment
-from tools.reference import SPLITS, select
+from tools.benchmarks import experiment
+from tools.benchmarks.reference import SPLITS, select
 
 ARMS = ("original", "surrogate", "mixed", "scaled")
 SHARE_EVERY = 5  # measure the gradient share on every 5th step of the mixed arm
@@ -66,14 +66,14 @@ SHARE_EVERY = 5  # measure the gradient share on every 5th step of the mixed arm
 def build_parser():
     parser = experiment.parser(__doc__, "benchmark_training", seeds=5,
                                out="work_dirs/benchmark_training/TASK",
-                               module="tools.benchmark_training")
+                               module="tools.benchmarks.training")
     parser.set_defaults(out=None)
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
     parser.add_argument("--checkpoint", help="shipped surrogate name or checkpoint path "
                                              "(default: the shipped one for --task)")
     parser.add_argument("--regimes", nargs="+", default=["reference"], metavar="REGIME",
                         help="'reference' (default), 'design', 'held-out', 'all' or regime "
-                             "names of tools/reference/<task>.py")
+                             "names of tools/benchmarks/reference/<task>.py")
     parser.add_argument("--quick", action="store_true",
                         help="short runs: a few minutes per regime, for checks and tests (the "
                              "loss alone timed over 5 calls rather than 50)")
@@ -95,8 +95,8 @@ def build_parser():
 
 
 def reference_task(name):
-    """The reference task module tools/reference/<name>.py."""
-    return importlib.import_module(f"tools.reference.{name}")
+    """The reference task module tools/benchmarks/reference/<name>.py."""
+    return importlib.import_module(f"tools.benchmarks.reference.{name}")
 
 
 def parse_args(argv=None):
@@ -459,7 +459,7 @@ def main(argv=None):
                            for name in args.regimes},
                   results=results, matrix=matrix_summary, loss_ms=timings,
                   seconds=round(seconds, 1),
-                  provenance=experiment.provenance("benchmark_training", argv,
+                  provenance=experiment.provenance("training", argv,
                                                    surrogates=[args.checkpoint or args.task]))
     markdown = text + "\n" + timing_line + "\n\n" + matrix_text
     experiment.write_results(args.out, markdown + "\n", record)

@@ -1,23 +1,22 @@
 """A translation experiment that runs on a CPU: nat_loss against reloss_nat with fairseq's own
 command-line tools.
 
-    python -m tools.nat_proxy [--out DIR] [--seeds 8] [--first-seed 0] [--updates 1600] [--jobs 2]
-                              [--criteria nat_loss reloss_nat] [--fairseq-args "..."] [--force]
+    python -m tools.benchmarks.nat_proxy [--out DIR] [--seeds 8] [--first-seed 0] [--updates 1600]
+        [--jobs 2] [--criteria nat_loss reloss_nat] [--fairseq-args "..."] [--force]
 
-Writes the generated language pair of ``tools/reference/nat.py`` (words that become 0-3 target
-words, modifier phrases that move behind the next word, markers that change the next word's
+Writes the generated language pair of ``tools/benchmarks/reference/nat.py`` (words that become 0-3
+target words, modifier phrases that move behind the next word, markers that change the next word's
 translation; 6,000 training and 500 test pairs, one seed) as text, binarises it with
 ``fairseq-preprocess --joined-dictionary``, then, per criterion and seed, trains a small
-``nonautoregressive_transformer`` with ``fairseq-train`` on fairseq's NAT recipe (its flags, with
-a width-64, 2+2-layer model, a shorter warm-up and a higher learning rate for the few updates,
-the decoder fed a uniform copy of the source embeddings)
-and translates the test set with ``fairseq-generate`` in one pass with **predicted** lengths
-(``--iter-decode-max-iter 0``). Prints a progress bar per run, then fairseq's BLEU4 (each
-criterion against the first, seed by seed: the paired difference, its mean and standard error),
-the share of test sentences given the reference length, and the training log's length loss and
-token NLL at the end; writes them (results.md, and with provenance results.json), the training
-curves (curves.png) and each run's folder (checkpoint, train.log, generate.log) to DIR.
-``--jobs`` runs that many trainings at once, one thread each.
+``nonautoregressive_transformer`` with ``fairseq-train`` on fairseq's NAT recipe (its flags, with a
+width-64, 2+2-layer model, a shorter warm-up and a higher learning rate for the few updates, the
+decoder fed a uniform copy of the source embeddings) and translates the test set with
+``fairseq-generate`` in one pass with **predicted** lengths (``--iter-decode-max-iter 0``). Prints a
+progress bar per run, then fairseq's BLEU4 (each criterion against the first, seed by seed: the
+paired difference, its mean and standard error), the share of test sentences given the reference
+length, and the training log's length loss and token NLL at the end; writes them (results.md, and
+with provenance results.json), the training curves (curves.png) and each run's folder (checkpoint,
+train.log, generate.log) to DIR. ``--jobs`` runs that many trainings at once, one thread each.
 """
 import json
 import os
@@ -28,10 +27,10 @@ import subprocess
 import sys
 import time
 
-from tools import experiment
-from tools.reference import nat as reference_nat
+from tools.benchmarks import experiment
+from tools.benchmarks.reference import nat as reference_nat
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(ROOT, "plugins", "fairseq_reloss")
 CRITERIA = ("nat_loss", "reloss_nat")
 
@@ -139,7 +138,7 @@ def generate(data_bin, checkpoint, log):
 
 
 def build_parser():
-    parser = experiment.parser(__doc__, "nat_proxy", seeds=8, module="tools.nat_proxy")
+    parser = experiment.parser(__doc__, "nat_proxy", seeds=8, module="tools.benchmarks.nat_proxy")
     parser.add_argument("--updates", type=int, default=1600,
                         help="training updates per run (default 1600)")
     parser.add_argument("--jobs", type=int, default=2, help="trainings run at once (default 2)")

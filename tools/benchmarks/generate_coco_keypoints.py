@@ -1,6 +1,7 @@
 """Write a small generated person-keypoint set in COCO format (images and annotations).
 
-    python -m tools.generate_coco_keypoints OUT [--train 64] [--val 32] [--size 96] [--seed 0]
+    python -m tools.benchmarks.generate_coco_keypoints OUT [--train 64] [--val 32] [--size 96]
+        [--seed 0]
 
 Each image shows one stick figure with COCO's 17 keypoints, drawn as blobs that look alike on the
 left and the right (told apart only by where the figure faces), with a random scale, rotation and

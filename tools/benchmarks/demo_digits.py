@@ -1,7 +1,8 @@
 """The main demo: train a classifier through mmengine's Runner with cross-entropy and with
 ReLossCls, on real images that ship with scikit-learn (no download), and compare.
 
-    python -m tools.demo_digits [--out DIR] [--seeds 3] [--first-seed 0] [--epochs 15] [--force]
+    python -m tools.benchmarks.demo_digits [--out DIR] [--seeds 3] [--first-seed 0] [--epochs 15]
+        [--force]
 
 scikit-learn's digits (1,797 8x8 images of handwritten digits) are written as PNG files in
 mmpretrain's CustomDataset layout (two thirds for training, one third for validation). For each
@@ -20,7 +21,8 @@ import time
 import numpy as np
 import torch
 
-from tools import collect_predictions, experiment
+from tools import collect_predictions
+from tools.benchmarks import experiment
 
 ARMS = {"cross-entropy": "dict(type='CrossEntropyLoss')", "ReLossCls": "dict(type='ReLossCls')"}
 BASELINE = "cross-entropy"
@@ -95,7 +97,7 @@ def ranking(config, work_dir, epochs, surrogate):
 
 
 def build_parser():
-    parser = experiment.parser(__doc__, "demo", seeds=3, module="tools.demo_digits")
+    parser = experiment.parser(__doc__, "demo", seeds=3, module="tools.benchmarks.demo_digits")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per run (default 15)")
     return parser
 

@@ -299,8 +299,8 @@ def surrogate_sha256(name_or_path):
 
 
 def provenance(tool, argv=None, surrogates=(), packages=()):
-    """Where a result comes from: the command line (``python -m tools.TOOL ARGV``), the date,
-    Python's, torch's, reloss's and ``packages``' versions, the sha256 of each surrogate
+    """Where a result comes from: the command line (``python -m tools.benchmarks.TOOL ARGV``), the
+    date, Python's, torch's, reloss's and ``packages``' versions, the sha256 of each surrogate
     checkpoint used (shipped names or paths) and the machine."""
     import torch
 
@@ -311,7 +311,7 @@ def provenance(tool, argv=None, surrogates=(), packages=()):
                    processor=platform.processor(), cpus=os.cpu_count(),
                    torch_threads=torch.get_num_threads(),
                    gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-    return dict(command=shlex.join(["python", "-m", f"tools.{tool}", *argv]),
+    return dict(command=shlex.join(["python", "-m", f"tools.benchmarks.{tool}", *argv]),
                 date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 versions=versions,
                 surrogates={str(name): surrogate_sha256(name) for name in surrogates},

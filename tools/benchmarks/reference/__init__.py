@@ -1,4 +1,4 @@
-"""Reference training tasks for ``tools/benchmark_training.py``: small models trained from scratch
+"""Reference training tasks for ``tools/benchmarks/training.py``: small models trained from scratch
 on generated or bundled data (no download), with the original loss, the surrogate, or both.
 
 Each module (``cls``, ``pose``, ``nat``, ``qa``) defines:

@@ -1,25 +1,25 @@
 """A pose experiment that runs on a CPU: MSE against ReLossPose through mmpose's real pipeline.
 
-    python -m tools.pose_proxy [--out DIR] [--seeds 3] [--first-seed 0] [--epochs 24]
+    python -m tools.benchmarks.pose_proxy [--out DIR] [--seeds 3] [--first-seed 0] [--epochs 24]
                                [--train 480] [--val 120] [--force]
 
-Writes a generated COCO-format keypoint set (``tools/generate_coco_keypoints.py``: 17-keypoint
-stick figures, look-alike left and right joints, distractors, occlusions), then, per loss and seed,
-trains a small top-down heatmap model with mmengine's Runner and ``tools/train.py`` from mmpose's
-own SimpleBaseline config (``td-hm_res50_8xb64-210e_coco-256x192.py``: its pipeline, optimizer
-and schedule shape), with a ResNet-18 of half width (last stage not strided), 64x48 inputs and
-16x12 heatmaps in place of ResNet-50 at 256x192, and the loss swapped. Validation uses the real
-``CocoMetric`` (OKS AP, with ground-truth boxes) and mmpose's ``PCKAccuracy`` (threshold 0.05 of
-the box). ReLossPose is compared with MSE seed by seed (the paired difference, its mean and
-standard error). Prints a progress bar per run and the table; writes the table (results.md), the
-figures and provenance (results.json), the validation curves (curves.png) and each run's config,
-checkpoint and logs (console.log) to DIR.
+Writes a generated COCO-format keypoint set (``tools/benchmarks/generate_coco_keypoints.py``:
+17-keypoint stick figures, look-alike left and right joints, distractors, occlusions), then, per
+loss and seed, trains a small top-down heatmap model with mmengine's Runner and ``tools/train.py``
+from mmpose's own SimpleBaseline config (``td-hm_res50_8xb64-210e_coco-256x192.py``: its pipeline,
+optimizer and schedule shape), with a ResNet-18 of half width (last stage not strided), 64x48 inputs
+and 16x12 heatmaps in place of ResNet-50 at 256x192, and the loss swapped. Validation uses the real
+``CocoMetric`` (OKS AP, with ground-truth boxes) and mmpose's ``PCKAccuracy`` (threshold 0.05 of the
+box). ReLossPose is compared with MSE seed by seed (the paired difference, its mean and standard
+error). Prints a progress bar per run and the table; writes the table (results.md), the figures and
+provenance (results.json), the validation curves (curves.png) and each run's config, checkpoint and
+logs (console.log) to DIR.
 """
 import os
 import statistics
 import time
 
-from tools import experiment, generate_coco_keypoints
+from tools.benchmarks import experiment, generate_coco_keypoints
 
 LOSSES = {"MSE": "dict(type='KeypointMSELoss', use_target_weight=True)",
           "ReLossPose": "dict(type='ReLossPose', use_target_weight=True)"}
@@ -82,7 +82,7 @@ def validation_curve(work_dir):
 
 
 def build_parser():
-    parser = experiment.parser(__doc__, "pose_proxy", seeds=3, module="tools.pose_proxy")
+    parser = experiment.parser(__doc__, "pose_proxy", seeds=3, module="tools.benchmarks.pose_proxy")
     parser.add_argument("--epochs", type=int, default=24, help="epochs per run (default 24)")
     parser.add_argument("--train", type=int, default=480, help="training images (default 480)")
     parser.add_argument("--val", type=int, default=120, help="validation images (default 120)")

@@ -8,7 +8,7 @@ same correlation. The error column is max over rows of |rho_soft - rho_exact|.
 Prints a markdown table and writes it, with a PNG of the timings, to a new folder under --out.
 On a machine with a GPU, the GPU figures are added to the same table and plot.
 
-    python -m tools.benchmark_rank [--out work_dirs/benchmark_rank] [--device cpu cuda]
+    python -m tools.benchmarks.rank [--out work_dirs/benchmark_rank] [--device cpu cuda]
 """
 import argparse
 import os
