@@ -250,8 +250,13 @@ def test_checkpoint_field_errors(tmp_path):
                                                        knots=8)))
     with pytest.raises(ValueError, match=r"x.pt: field 'architecture' does not fit"):
         reloss.load_surrogate(broken(architecture=dict(type="ClassificationSurrogate", width=3)))
-    with pytest.raises(ValueError, match=r"x.pt: field 'architecture' should be a dict with type"):
+    with pytest.raises(ValueError, match=r"x.pt: field 'architecture' should name a 'cls' "
+                                         r"surrogate class \(ClassificationSurrogate\) but names "
+                                         r"'PoseSurrogate'"):
         reloss.load_surrogate(broken(architecture=dict(type="PoseSurrogate")))
+    with pytest.raises(ValueError, match=r"x.pt: field 'architecture' should be a dict with a "
+                                         r"type among 'ClassificationSurrogate'"):
+        reloss.load_surrogate(broken(architecture=dict(knots=8)))
     with pytest.raises(ValueError, match=r"x.pt: field 'format' should be 'reloss-surrogate'"):
         reloss.load_surrogate(broken(format="other"))
     with pytest.raises(ValueError, match=r"x.pt: sha256 .* does not match 0+ recorded in the sha"):

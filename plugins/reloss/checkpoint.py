@@ -138,11 +138,16 @@ def load_surrogate(name_or_path: str | os.PathLike, sha256: str | None = None,
     _field(path, payload, "format", lambda v: v == FORMAT, repr(FORMAT))
     task = _field(path, payload, "task", lambda v: isinstance(v, str) and v in TASKS,
                   f"one of {', '.join(map(repr, TASKS))}")
-    cls = TASKS[task].surrogate
+    classes = TASKS[task].surrogate_classes
     architecture = dict(_field(path, payload, "architecture",
-                               lambda v: isinstance(v, dict) and v.get("type") == cls.__name__,
-                               f"a dict with type '{cls.__name__}'"))
-    architecture.pop("type")
+                               lambda v: isinstance(v, dict) and isinstance(v.get("type"), str),
+                               f"a dict with a type among {', '.join(map(repr, classes))}"))
+    if TASKS[task].upgrade is not None:
+        architecture = TASKS[task].upgrade(architecture)
+    cls = classes.get(architecture.pop("type"))
+    if cls is None:
+        raise ValueError(f"{path}: field 'architecture' should name a '{task}' surrogate class "
+                         f"({', '.join(classes)}) but names {payload['architecture']['type']!r}")
     state = _field(path, payload, "state_dict", lambda v: isinstance(v, dict), "a dict of tensors")
     try:
         surrogate = cls(**architecture)

@@ -9,7 +9,7 @@ Two backends compute them:
   few kernel launches, works on every device and dtype.
 
 ``'auto'`` picks the faster one for the input's device and size, from the measurements of
-``tools/benchmark_rank.py`` (docs/speed.md).
+``tools/benchmarks/rank.py`` (docs/speed.md).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ BACKENDS = ("auto", "torchsort", "pairwise")
 
 #: Default ``regularization_strength`` of each backend, for inputs of unit standard deviation
 #: (what :func:`reloss.soft_spearman` feeds in). Both keep ``|rho_soft - rho_exact|`` well under
-#: 0.01 for n >= 256 and give every input a non-negligible gradient (``tools/benchmark_rank.py``).
+#: 0.01 for n >= 256 and give every input a non-negligible gradient (``tools/benchmarks/rank.py``).
 #: The two backends soften in different ways (pairwise: a sigmoid of width s around each value;
 #: torchsort: values pooled where the ranks would rise faster than 1/s per unit of x), so one
 #: number does not mean exactly the same for both.

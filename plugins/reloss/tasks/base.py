@@ -22,7 +22,13 @@ class Task:
     Attributes:
         name: the short name ('cls'); checkpoints record it.
         description: what the task is, for messages ('classification').
-        surrogate: the :class:`reloss.surrogate.Surrogate` subclass learned for it.
+        surrogate: the :class:`reloss.surrogate.Surrogate` subclass that ships for it (its
+            default constructor builds the shipped form).
+        variants: other surrogate classes of the task (other forms, measured and not shipped);
+            a checkpoint may name any of them.
+        upgrade: ``upgrade(architecture) -> architecture``: the saved architecture dict of an
+            older checkpoint (``type`` and constructor arguments) as the current classes take it,
+            or None where no class has changed.
         metric: ``metric(pred, target[, weight]) -> (S,)``, the value per chunk (higher is
             better) that the surrogate learns to rank like.
         metric_label: the metric's name in tables ('accuracy').
@@ -66,6 +72,24 @@ class Task:
     pretrain_steps: int = 300
     pretrain_tolerance: tuple[float, ...] = (4.0,)
     relabel: Callable[..., Tensor] | None = None
+    variants: tuple[type, ...] = ()
+    upgrade: Callable[[dict], dict] | None = None
+
+    @property
+    def surrogate_classes(self) -> dict[str, type]:
+        """{class name: class} of every surrogate form of the task, the shipped one first."""
+        return {cls.__name__: cls for cls in (self.surrogate, *self.variants)}
+
+    def surrogate_class(self, name: str | None = None) -> type:
+        """The surrogate class called ``name`` (None: the one that ships); a ValueError naming
+        the task's classes otherwise."""
+        if name is None:
+            return self.surrogate
+        classes = self.surrogate_classes
+        if not isinstance(name, str) or name not in classes:
+            raise ValueError(f"'type' should be a '{self.name}' surrogate class "
+                             f"({', '.join(classes)}) but got {name!r}")
+        return classes[name]
 
     @property
     def metric_name(self) -> str:
