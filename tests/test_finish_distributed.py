@@ -2,7 +2,7 @@
 group left to the exit can abort a finished run)."""
 import torch.distributed as dist
 
-from reloss._mmengine import finish_distributed
+from tools.train import finish_distributed
 
 
 def test_finish_distributed_destroys_the_group_and_is_a_no_op_without_one(tmp_path):

@@ -10,7 +10,10 @@ import os.path as osp
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from reloss._mmengine import finish_distributed, load_config, prepare_cpu_distributed
+if __package__:
+    from .train import finish_distributed, load_config, prepare_cpu_distributed
+else:  # run by path, as OpenMMLab's tools are: this folder is on sys.path
+    from train import finish_distributed, load_config, prepare_cpu_distributed
 
 
 def main(argv=None):

@@ -8,11 +8,54 @@ One GPU: ``python tools/train.py CONFIG``; several: ``tools/dist_train.sh CONFIG
 """
 import argparse
 import os
+import os.path as osp
 
-from mmengine.config import DictAction
+import torch
+from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from reloss._mmengine import finish_distributed, load_config, prepare_cpu_distributed
+
+def load_config(config, cfg_options=None, launcher="none", work_dir=None):
+    """An OpenMMLab config file with ``--cfg-options``, ``--launcher`` and ``--work-dir`` applied;
+    the work dir defaults to the config's own, else work_dirs/<config name>."""
+    if not osp.isfile(config):
+        raise FileNotFoundError(f"config {config!r}: no such file")
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    cfg.work_dir = work_dir or cfg.get("work_dir") or osp.join(
+        "work_dirs", osp.splitext(osp.basename(config))[0])
+    return cfg
+
+
+def prepare_cpu_distributed(cfg):
+    """mmengine 0.10's 'pytorch' launcher assumes GPUs: it calls torch.cuda.set_device and gives
+    DDP device_ids. On a machine without a GPU, join the process group that torchrun set up with
+    gloo first (mmengine then uses it as it is) and wrap the model in DDP without device_ids."""
+    import torch.distributed as dist
+
+    if cfg.launcher != "pytorch" or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        backend = cfg.get("env_cfg", {}).get("dist_cfg", {}).get("backend", "gloo")
+        dist.init_process_group(backend="gloo" if backend == "nccl" else backend)
+    wrapper = cfg.get("model_wrapper_cfg") or dict(
+        type="MMDistributedDataParallel", broadcast_buffers=False,
+        find_unused_parameters=cfg.get("find_unused_parameters", False))
+    wrapper.setdefault("device_ids", None)
+    cfg.model_wrapper_cfg = wrapper
+
+
+def finish_distributed():
+    """Leave the process group, if any, while the interpreter is still whole. mmengine's Runner
+    never destroys it, and a gloo process group left to the interpreter's exit can abort the
+    process (SIGABRT, "terminate called without an active exception") when its worker threads
+    are torn down after Python: a rare race that fails a finished run (pytorch/pytorch#190489)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def parse_args(argv=None):
