@@ -175,13 +175,9 @@ def main(argv=None):
                   seconds=round(time.time() - started, 1),
                   provenance=experiment.provenance("demo_digits", argv, surrogates=["cls"],
                                                    packages=("mmengine", "mmpretrain")))
-    experiment.write_results(args.out, heading + "\n\n" + text, record)
-    print()
-    print(heading)
-    print(text)
-    print(f"[reloss] {time.time() - started:.0f} s in all. Wrote results.md, results.json and "
-          f"curves.png to {args.out}/; each run's config is {args.out}/<run>.py, its checkpoints "
-          f"and full log (console.log) are in {args.out}/<run>/, e.g. {all_runs[0].tag}/")
+    experiment.report(args.out, heading, text, record, started,
+                      f"each run's config is {args.out}/<run>.py, its checkpoints and full log "
+                      f"(console.log) are in {args.out}/<run>/, e.g. {all_runs[0].tag}/")
     return dict(curves={name: [run["curve"] for run in runs] for name, runs in curves.items()},
                 rankings=rankings, paired=paired)
 

@@ -8,8 +8,9 @@ translation proxies and the training benchmark.
 - :func:`quiet` and :func:`train_mmengine`: a run's console output, warnings and log records go to
   its log file instead of the terminal.
 - :func:`paired`: the per-seed paired difference of an arm against the baseline.
-- :func:`provenance`, :func:`markdown_table`, :func:`write_results` and :func:`plot_seeds`: what
-  every experiment writes (results.json, results.md, a PNG of the seeds).
+- :func:`provenance`, :func:`markdown_table`, :func:`write_results`, :func:`plot_seeds` and
+  :func:`report`: what every experiment writes (results.json, results.md, a PNG of the seeds) and
+  prints at its end.
 """
 from __future__ import annotations
 
@@ -337,6 +338,18 @@ def write_results(out, markdown, record):
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
         f.write("\n")
+
+
+def report(out, heading, table, record, started, runs):
+    """The end of a seed experiment: results.md (``heading`` and ``table``) and results.json
+    (``record``) written to ``out``, the heading and the table printed, then a line with the time
+    since ``started`` and where the outputs are; ``runs`` says what each run's folder holds."""
+    write_results(out, heading + "\n\n" + table, record)
+    print()
+    print(heading)
+    print(table)
+    print(f"[reloss] {time.time() - started:.0f} s in all. Wrote results.md, results.json and "
+          f"curves.png to {out}/; {runs}")
 
 
 @dataclass

@@ -253,13 +253,9 @@ def main(argv=None):
                   provenance=experiment.provenance(
                       "nat_proxy", argv, surrogates=["nat"] if "reloss_nat" in args.criteria
                       else [], packages=("fairseq-fixed", "sacrebleu")))
-    experiment.write_results(args.out, heading + "\n\n" + text, record)
-    print()
-    print(heading)
-    print(text)
-    print(f"[reloss] {time.time() - started:.0f} s in all. Wrote results.md, results.json and "
-          f"curves.png to {args.out}/; each run's checkpoint and logs (train.log, generate.log) "
-          f"are in {args.out}/<run>/, e.g. {all_runs[0].tag}/")
+    experiment.report(args.out, heading, text, record, started,
+                      f"each run's checkpoint and logs (train.log, generate.log) are in "
+                      f"{args.out}/<run>/, e.g. {all_runs[0].tag}/")
     return runs
 
 

@@ -228,13 +228,9 @@ def main(argv=None):
                   dev=args.dev, seconds=round(time.time() - started, 1),
                   provenance=experiment.provenance("qa_proxy", argv, surrogates=[args.checkpoint],
                                                    packages=("transformers", "tokenizers")))
-    experiment.write_results(args.out, heading + "\n\n" + text, record)
-    print()
-    print(heading)
-    print(text)
-    print(f"[reloss] {time.time() - started:.0f} s in all. Wrote results.md, results.json and "
-          f"curves.png to {args.out}/; each run's predictions and metrics are in "
-          f"{args.out}/<run>/, e.g. {all_runs[0].tag}/")
+    experiment.report(args.out, heading, text, record, started,
+                      f"each run's predictions and metrics are in {args.out}/<run>/, e.g. "
+                      f"{all_runs[0].tag}/")
     return {name: [run["curve"] for run in runs] for name, runs in curves.items()}
 
 
