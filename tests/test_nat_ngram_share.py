@@ -28,7 +28,7 @@ def test_share_follows_the_weights_and_leaves_the_surrogate_unchanged():
 def test_token_level_surrogate_is_refused():
     logits, targets, weights = _batch()
     with pytest.raises(ValueError, match="'surrogate' should be a sentence-level"):
-        ngram_share(reloss.SequenceSurrogate(), logits, targets, weights)
+        ngram_share(reloss.TokenSequenceSurrogate(), logits, targets, weights)
 
 
 def test_cli_prints_a_share_per_snapshot(tmp_path, capsys):

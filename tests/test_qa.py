@@ -1,6 +1,6 @@
 """The 'qa' task: span decoding and F1, the answer-string metrics of Chinese reading
-comprehension against hand-computed cases and sacrebleu, the surrogate's gradients and its
-ranking against the default QA loss."""
+comprehension (reloss.mrc_metrics) against hand-computed cases and sacrebleu, the surrogates'
+gradients and the shipped one's ranking against the default QA loss."""
 import itertools
 import math
 
@@ -9,7 +9,7 @@ import torch
 from torch.autograd import gradcheck
 
 import reloss
-from reloss import pretrain
+from reloss import mrc_metrics, pretrain
 from reloss.spearman import spearman
 from reloss.tasks import TASKS, qa
 
@@ -79,32 +79,33 @@ def test_sampler_spreads_f1_over_the_range():
 # Answer strings, hand-computed.
 
 def test_cmrc_f1_and_exact_match():
-    assert qa.cmrc_tokens("Hello, 北京 world!") == ["hello", "北", "京", "world"]
+    assert mrc_metrics.cmrc_tokens("Hello, 北京 world!") == ["hello", "北", "京", "world"]
     # Longest common substring 2 of 4 predicted and 2 reference tokens: P 1/2, R 1: F1 2/3.
-    assert qa.cmrc_f1("北京大学", ["北京"]) == pytest.approx(2 / 3)
-    assert qa.cmrc_f1("北京大学", ["上海", "北京大学"]) == 1.0  # best over references
+    assert mrc_metrics.cmrc_f1("北京大学", ["北京"]) == pytest.approx(2 / 3)
+    assert mrc_metrics.cmrc_f1("北京大学", ["上海", "北京大学"]) == 1.0  # best over references
     # A common substring, not subsequence: 1 token; P 1/3, R 1/2: F1 2/5.
-    assert qa.cmrc_f1("北大京", ["北京"]) == pytest.approx(0.4)
-    assert qa.cmrc_f1("甲", ["乙"]) == 0.0
-    assert qa.cmrc_exact_match("北京。", ["“北京”"]) == 1.0  # punctuation removed
-    assert qa.cmrc_exact_match("北京市", ["北京"]) == 0.0
+    assert mrc_metrics.cmrc_f1("北大京", ["北京"]) == pytest.approx(0.4)
+    assert mrc_metrics.cmrc_f1("甲", ["乙"]) == 0.0
+    assert mrc_metrics.cmrc_exact_match("北京。", ["“北京”"]) == 1.0  # punctuation removed
+    assert mrc_metrics.cmrc_exact_match("北京市", ["北京"]) == 0.0
 
 
 def test_rouge_l_takes_best_precision_and_recall_over_references():
     # Longest common subsequence 3 of 4 and 4: P = R = 3/4, so F = 3/4 for any beta.
-    assert qa.rouge_l("甲乙丙丁", ["甲丙乙丁"]) == pytest.approx(0.75)
+    assert mrc_metrics.rouge_l("甲乙丙丁", ["甲丙乙丁"]) == pytest.approx(0.75)
     # P = 1 from the second reference, R = 1 from the first: F = 1.
-    assert qa.rouge_l("甲乙", ["甲", "甲乙丙丁"]) == pytest.approx(1.0)
+    assert mrc_metrics.rouge_l("甲乙", ["甲", "甲乙丙丁"]) == pytest.approx(1.0)
     # P = 1, R = 1/2, beta 1.2: (1 + 1.44) * 0.5 / (0.5 + 1.44).
-    assert qa.rouge_l("甲 乙", ["甲乙丙丁"]) == pytest.approx(2.44 * 0.5 / 1.94)
-    assert qa.rouge_l("", ["甲"]) == 0.0
+    assert mrc_metrics.rouge_l("甲 乙", ["甲乙丙丁"]) == pytest.approx(2.44 * 0.5 / 1.94)
+    assert mrc_metrics.rouge_l("", ["甲"]) == 0.0
 
 
 def test_corpus_bleu4_by_hand_and_against_sacrebleu():
-    assert qa.corpus_bleu4(["甲乙丙丁戊"], [["甲乙丙丁戊"]]) == pytest.approx(1.0)
-    assert qa.corpus_bleu4(["甲乙丙"], [["甲乙丙丁"]]) == 0.0  # no 4-gram: no smoothing
+    assert mrc_metrics.corpus_bleu4(["甲乙丙丁戊"], [["甲乙丙丁戊"]]) == pytest.approx(1.0)
+    assert mrc_metrics.corpus_bleu4(["甲乙丙"], [["甲乙丙丁"]]) == 0.0  # no 4-gram: no smoothing
     # 1..4-gram precisions 4/4, 3/3, 2/2, 1/1; brevity exp(1 - 6/4).
-    assert qa.corpus_bleu4(["甲乙丙丁"], [["甲乙丙丁戊己"]]) == pytest.approx(math.exp(-0.5))
+    assert mrc_metrics.corpus_bleu4(["甲乙丙丁"], [["甲乙丙丁戊己"]]) == pytest.approx(
+        math.exp(-0.5))
     sacrebleu = pytest.importorskip("sacrebleu")
     generator = torch.Generator().manual_seed(0)
     alphabet = "甲乙丙丁戊己庚辛"
@@ -119,18 +120,18 @@ def test_corpus_bleu4_by_hand_and_against_sacrebleu():
         [" ".join(p) for p in predictions],
         [[" ".join(r[k]) for r in references] for k in range(2)],
         tokenize="none", smooth_method="none", force=True).score / 100
-    assert qa.corpus_bleu4(predictions, references) == pytest.approx(expected, rel=1e-9)
+    assert mrc_metrics.corpus_bleu4(predictions, references) == pytest.approx(expected, rel=1e-9)
 
 
 def test_answer_scores_in_percent():
-    scores = qa.answer_scores(["北京", "上海"], [["北京"], ["广州"]])
+    scores = mrc_metrics.answer_scores(["北京", "上海"], [["北京"], ["广州"]])
     assert scores["EM"] == 50.0 and scores["F1"] == 50.0 and scores["ROUGE-L"] == 50.0
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda: qa.cmrc_f1(3, ["a"]), TypeError, "'prediction' should be a str but got int"),
-    (lambda: qa.cmrc_f1("a", "a"), ValueError, "'references' should be a non-empty list"),
-    (lambda: qa.corpus_bleu4(["a"], []), ValueError, "the same length but got 1 and 0"),
+    (lambda: mrc_metrics.cmrc_f1(3, ["a"]), TypeError, "'prediction' should be a str but got int"),
+    (lambda: mrc_metrics.cmrc_f1("a", "a"), ValueError, "'references' should be a non-empty list"),
+    (lambda: mrc_metrics.corpus_bleu4(["a"], []), ValueError, "the same length but got 1 and 0"),
     (lambda: qa.span_f1(torch.zeros(1, 2, 3, 5), torch.zeros(1, 2, 2, dtype=torch.long)),
      ValueError, r"'logits' should be \(\.\.\., 2, L\)"),
     (lambda: qa.span_f1(torch.zeros(1, 2, 2, 5), torch.zeros(1, 2, 2)),
@@ -145,9 +146,9 @@ def test_bad_input_names_the_argument(call, error, message):
 
 # The surrogate.
 
-def test_surrogate_gradcheck_and_minimum_at_gold():
+def test_stepped_form_gradcheck_and_minimum_at_gold():
     torch.manual_seed(0)
-    surrogate = qa.QASurrogate().double()
+    surrogate = qa.QAStepsSurrogate().double()
     logits = torch.randn(4, 2, 12, dtype=torch.float64, requires_grad=True)
     positions = torch.tensor([[2, 4], [5, 5], [0, 0], [7, 11]])
     assert gradcheck(lambda x: surrogate(x, positions), (logits,))
@@ -159,8 +160,9 @@ def test_surrogate_gradcheck_and_minimum_at_gold():
     assert bool((surrogate(better, positions, reduction="none") <= values + 1e-12).all())
 
 
-def test_surrogate_refuses_positions_outside_the_sequence():
-    surrogate = qa.QASurrogate()
+@pytest.mark.parametrize("form", [qa.QASurrogate, qa.QARiskSurrogate, qa.QAStepsSurrogate])
+def test_surrogate_refuses_positions_outside_the_sequence(form):
+    surrogate = form()
     with pytest.raises(ValueError, match=r"'target' should hold token indices in \[0, 12\)"):
         surrogate(torch.randn(2, 2, 12), torch.tensor([[0, 3], [4, 12]]))
 
@@ -184,7 +186,7 @@ def test_shipped_surrogate_is_the_span_loss_with_learned_weights():
     add none beside it, and the default loss carries less than half of its gradient on
     held-out chunks (the span loss and the risk the rest)."""
     surrogate, task = reloss.load_surrogate("qa"), TASKS["qa"]
-    assert surrogate.joint and task.default_original_weight == 0
+    assert type(surrogate) is qa.QASurrogate and task.default_original_weight == 0
     ce_weight, risk_weight = surrogate.risk_weights.tolist()
     logits, positions, _ = qa.sample_spans(60, 32, torch.Generator().manual_seed(7))
     shares = []
@@ -224,7 +226,7 @@ def test_expected_span_f1_equals_a_sum_over_every_span():
 
 def test_risk_form_is_the_default_loss_plus_its_weight_times_the_risk():
     torch.manual_seed(2)
-    surrogate = qa.QASurrogate(risk=True, risk_weight=0.7).double()
+    surrogate = qa.QARiskSurrogate(risk_weight=0.7).double()
     assert surrogate.risk_weights.item() == pytest.approx(0.7)
     logits = torch.randn(4, 2, 12, dtype=torch.float64, requires_grad=True)
     positions = torch.tensor([[2, 4], [5, 5], [0, 0], [7, 11]])
@@ -235,21 +237,25 @@ def test_risk_form_is_the_default_loss_plus_its_weight_times_the_risk():
     gold = torch.full((4, 2, 12), -40.0, dtype=torch.float64)
     gold.scatter_(-1, positions[..., None], 40.0)
     assert float(surrogate(gold, positions).detach().abs()) < 1e-12
-    rebuilt = qa.QASurrogate(**surrogate.config())
-    assert rebuilt.risk and rebuilt.config() == surrogate.config()
-    assert "risk" not in qa.QASurrogate().config()  # checkpoints of the stepped form still load
+    assert qa.QARiskSurrogate(**surrogate.config()).config() == {"risk_weight": 0.7}
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(risk=1), "'risk' should be True or False but got 1"),
-    (dict(risk=True, risk_weight=0), r"'risk_weight' should be a number in \(0, 1000\)"),
-    (dict(joint="yes"), "'joint' should be True or False but got 'yes'"),
-    (dict(joint=True, ce_weight=-1), r"'ce_weight' should be a number in \(0, 1000\)"),
-    (dict(joint=True, risk=True), "'risk' and 'joint' are two forms: set one of them"),
+@pytest.mark.parametrize("form, kwargs, error, message", [
+    (qa.QARiskSurrogate, dict(risk_weight=0), ValueError,
+     r"'risk_weight' should be a number in \(0, 1000\)"),
+    (qa.QASurrogate, dict(risk_weight=-1), ValueError,
+     r"'risk_weight' should be a number in \(0, 1000\)"),
+    (qa.QASurrogate, dict(ce_weight=-1), ValueError,
+     r"'ce_weight' should be a number in \(0, 1000\)"),
+    (qa.QAStepsSurrogate, dict(temperatures=(1.0, 0.0)), ValueError,
+     r"'temperatures' should be one or more numbers > 0 but got \(1.0, 0.0\)"),
+    # One class per form: the flags that chose a form are gone.
+    (qa.QASurrogate, dict(joint=True), TypeError, "unexpected keyword argument 'joint'"),
+    (qa.QASurrogate, dict(risk=True), TypeError, "unexpected keyword argument 'risk'"),
 ])
-def test_risk_form_bad_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        qa.QASurrogate(**kwargs)
+def test_forms_bad_arguments(form, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        form(**kwargs)
 
 
 # The joint form: one softmax over the spans the decoder may return.
@@ -283,7 +289,7 @@ def test_span_cross_entropy_and_expected_f1_equal_sums_over_every_span():
 
 def test_joint_form_is_the_span_loss_plus_weighted_default_loss_and_risk():
     torch.manual_seed(4)
-    surrogate = qa.QASurrogate(joint=True, ce_weight=0.2, risk_weight=0.7).double()
+    surrogate = qa.QASurrogate(ce_weight=0.2, risk_weight=0.7).double()
     assert surrogate.risk_weights.tolist() == pytest.approx([0.2, 0.7])
     logits = torch.randn(4, 2, 12, dtype=torch.float64, requires_grad=True)
     positions = torch.tensor([[2, 4], [5, 5], [0, 0], [7, 11]])
@@ -296,7 +302,7 @@ def test_joint_form_is_the_span_loss_plus_weighted_default_loss_and_risk():
     gold.scatter_(-1, positions[..., None], 40.0)
     assert float(surrogate(gold, positions).detach().abs()) < 1e-12
     rebuilt = qa.QASurrogate(**surrogate.config())
-    assert rebuilt.joint and rebuilt.config() == surrogate.config()
+    assert rebuilt.config() == surrogate.config() == {"ce_weight": 0.2, "risk_weight": 0.7}
     # The decoder never returns an end before its start: the span loss does not pay for such
     # pairs, the default loss does.
     apart = torch.zeros(1, 2, 6, dtype=torch.float64)

@@ -10,7 +10,7 @@ import torch
 import reloss
 from reloss._validate import DeferredCheck
 from reloss.surrogate import Surrogate
-from reloss.tasks.cls import _FEW_CLASSES, _SHORT_ROWS
+from reloss.tasks._cls_frozen import FEW_CLASSES, SHORT_ROWS
 from reloss.tasks.pose import sample_pose
 
 # float64 shows that the math is the same; float32, that the fast path stays within round-off.
@@ -65,7 +65,7 @@ def compare_classification(frozen, trainable, form, count, classes, scales, dtyp
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("classes", [10, _FEW_CLASSES + 1, 1000])
+@pytest.mark.parametrize("classes", [10, FEW_CLASSES + 1, 1000])
 @pytest.mark.parametrize("form", ["hard", "mixup", "smoothed"])
 def test_classification_frozen_path_equals_autograd(dtype, classes, form):
     frozen, trainable = surrogates("cls", dtype)
@@ -95,7 +95,7 @@ def perturbed_surrogates(temperatures, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("temperatures", [(1.0,), (0.5,), (1.0, 0.1)])
-@pytest.mark.parametrize("classes", [2, 10, _SHORT_ROWS, 1000])
+@pytest.mark.parametrize("classes", [2, 10, SHORT_ROWS, 1000])
 @pytest.mark.parametrize("form", ["hard", "mixup", "smoothed"])
 def test_single_and_several_temperatures_equal_autograd(dtype, temperatures, classes, form):
     """One temperature takes the specialised frozen path (T = 1 over short rows: one autograd
@@ -107,6 +107,42 @@ def test_single_and_several_temperatures_equal_autograd(dtype, temperatures, cla
     count = 12
     compare_classification(frozen, trainable, form, count, classes, (0.1, 3.0), dtype, generator,
                            zero_weight=3)
+
+
+@pytest.mark.parametrize("temperatures", [(1.0,), (1.0, 0.1)])
+def test_frozen_mean_equals_the_scaled_mean_of_plain_autograd(temperatures):
+    """ClassificationSurrogate.frozen_mean, the public fast path ReLossCls takes: scale times the
+    mean, value and gradient, for any number of classes; 0 on an empty batch."""
+    frozen, trainable = perturbed_surrogates(temperatures, torch.float64, seed=5)
+    assert frozen.frozen and not trainable.frozen
+    generator = torch.Generator().manual_seed(5)
+    for classes in (2, SHORT_ROWS, 1000):
+        logits = 3 * torch.randn(12, classes, generator=generator, dtype=torch.float64)
+        labels = torch.randint(classes, (12,), generator=generator)
+        fast = value_and_grad(lambda z, y: frozen.frozen_mean(z, y, 2.5), logits, labels)
+        plain = value_and_grad(lambda z, y: 2.5 * trainable(z, y), logits, labels)
+        torch.testing.assert_close(fast, plain, **TOLERANCE[torch.float64])
+    empty = torch.zeros(0, 10, dtype=torch.float64, requires_grad=True)
+    assert float(frozen.frozen_mean(empty, torch.zeros(0, dtype=torch.long)).detach()) == 0.0
+
+
+@pytest.mark.parametrize("logits, labels, error, message", [
+    (torch.randn(4, 5), torch.zeros(4), ValueError,
+     r"'labels' should be \(N,\) = \(4,\) integer class indices but got torch.float32 \(4,\)"),
+    (torch.randn(4, 5), torch.zeros(3, dtype=torch.long), ValueError,
+     r"'labels' should be \(N,\) = \(4,\) integer class indices but got torch.int64 \(3,\)"),
+    (torch.randn(4, 5), torch.zeros(4, dtype=torch.bool), ValueError, r"but got torch.bool"),
+    (torch.randn(4, 1), torch.zeros(4, dtype=torch.long), ValueError,
+     r"'logits' should have C >= 2"),
+    (torch.randn(5), torch.zeros(5, dtype=torch.long), ValueError,
+     r"'logits' should be a 2-D \(N, C\) logits tensor but got shape \(5,\)"),
+    (torch.zeros(4, 5, dtype=torch.long), torch.zeros(4, dtype=torch.long), TypeError,
+     r"'logits' should be a floating-point tensor"),
+    (torch.randn(4, 5), [0, 1, 2, 3], TypeError, r"'labels' should be a torch.Tensor but got list"),
+])
+def test_frozen_mean_names_what_does_not_fit(logits, labels, error, message):
+    with pytest.raises(error, match=message):
+        reloss.load_surrogate("cls").frozen_mean(logits, labels)
 
 
 def test_single_temperature_backward_twice_and_empty_batch():

@@ -6,7 +6,12 @@ import reloss
 from reloss.checkpoint import save_surrogate
 from reloss.surrogate import Surrogate
 from reloss.tasks.cls import ClassificationSurrogate
-from reloss.tasks.nat import PAD, SequenceSurrogate, bag_of_ngrams_distance
+from reloss.tasks.nat import (
+    PAD,
+    SequenceSurrogate,
+    TokenSequenceSurrogate,
+    bag_of_ngrams_distance,
+)
 from reloss.tasks.pose import PoseSurrogate, gaussian_heatmaps
 
 
@@ -63,6 +68,7 @@ TASKS = {
     "cls": (ClassificationSurrogate, classification_batch),
     "pose": (PoseSurrogate, pose_batch),
     "nat": (SequenceSurrogate, sequence_batch),
+    "nat-token": (TokenSequenceSurrogate, sequence_batch),
 }
 
 
@@ -84,7 +90,7 @@ def test_reductions(task):
     assert 0 < int(kept.sum()) < pred.shape[0]  # some sample is left out of the mean
     torch.testing.assert_close(values[~kept], torch.zeros(int((~kept).sum())))
     mean = surrogate(pred, target, weight, reduction="mean")
-    if task == "nat":  # a mean over tokens: each sentence weighs its number of positions
+    if task.startswith("nat"):  # a mean over tokens: each sentence weighs its number of positions
         tokens = weight.sum(-1)
         torch.testing.assert_close(mean, (values * tokens).sum() / tokens.sum())
     else:
@@ -262,8 +268,9 @@ def test_pose_target_is_the_minimum():
 
 # Sequence.
 
-def test_sequence_ignores_the_logits_at_padding():
-    surrogate = fresh(SequenceSurrogate)
+@pytest.mark.parametrize("form", [SequenceSurrogate, TokenSequenceSurrogate])
+def test_sequence_ignores_the_logits_at_padding(form):
+    surrogate = fresh(form)
     logits, target, weight = sequence_batch()
     values = surrogate(logits, target, weight, reduction="none")
     padding = (weight == 0)[..., None]
@@ -277,8 +284,9 @@ def test_sequence_ignores_the_logits_at_padding():
     assert float((moved[1] - values[1]).detach().abs()) > 1e-5
 
 
-def test_sequence_ignores_the_target_ids_at_padding():
-    surrogate = fresh(SequenceSurrogate)
+@pytest.mark.parametrize("form", [SequenceSurrogate, TokenSequenceSurrogate])
+def test_sequence_ignores_the_target_ids_at_padding(form):
+    surrogate = fresh(form)
     logits, target, weight = sequence_batch()
     values = surrogate(logits, target, weight, reduction="none")
     other = torch.randint(4, logits.shape[-1], target.shape, generator=seeded(6))
@@ -291,7 +299,7 @@ def test_sequence_gradcheck():
     """The free form (every feature's gradient reaches the logits); the reweighted form's gate
     takes no gradient by design (next test)."""
     torch.manual_seed(0)
-    surrogate = SequenceSurrogate(reweight=False).double()
+    surrogate = TokenSequenceSurrogate(reweight=False).double()
     logits, target, weight = sequence_batch(length=5, vocab=9)
     logits = logits.double().requires_grad_()
     assert gradcheck(lambda x: surrogate(x, target, weight.double()), (logits,))
@@ -299,7 +307,7 @@ def test_sequence_gradcheck():
 
 def test_sequence_reweighted_gradient_points_as_cross_entropy():
     """Per position, the gradient is token cross-entropy's times a positive weight."""
-    surrogate = fresh(SequenceSurrogate)
+    surrogate = fresh(TokenSequenceSurrogate)
     logits, target, weight = sequence_batch()
     logits = logits.requires_grad_()
     (ours,) = torch.autograd.grad(surrogate(logits, target, weight, reduction="sum"), logits)
@@ -312,7 +320,7 @@ def test_sequence_reweighted_gradient_points_as_cross_entropy():
 
 
 def test_sequence_without_extra_weight_is_token_cross_entropy():
-    surrogate = SequenceSurrogate(spread=0.0)
+    surrogate = TokenSequenceSurrogate(spread=0.0)
     logits, target, weight = sequence_batch()
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
     torch.testing.assert_close(surrogate(logits, target, weight), (nll * weight).sum()
@@ -322,7 +330,7 @@ def test_sequence_without_extra_weight_is_token_cross_entropy():
 def test_sequence_training_terms_label_smoothing_is_fairseqs():
     """Without extra weight the surrogate is token NLL, so with label smoothing its loss is
     fairseq's label-smoothed NLL (nat_loss), value and gradient; the NLL is the exact one."""
-    surrogate = SequenceSurrogate(spread=0.0).double()
+    surrogate = TokenSequenceSurrogate(spread=0.0).double()
     logits, target, weight = sequence_batch(length=5, vocab=9)
     logits = logits.double().requires_grad_()
     loss, value, nll = surrogate.training_terms(logits, target, weight.double(), 0.1)
@@ -343,8 +351,9 @@ def test_sequence_training_terms_label_smoothing_is_fairseqs():
             surrogate.training_terms(logits, target, weight, bad)
 
 
-def test_sequence_does_not_depend_on_unused_vocabulary():
-    surrogate = fresh(SequenceSurrogate)
+@pytest.mark.parametrize("form", [SequenceSurrogate, TokenSequenceSurrogate])
+def test_sequence_does_not_depend_on_unused_vocabulary(form):
+    surrogate = fresh(form)
     logits, target, weight = sequence_batch()
     values = surrogate(logits, target, weight, reduction="none")
     extra = torch.full(logits.shape[:2] + (50,), -1e4)
@@ -465,22 +474,23 @@ def test_classification_has_nothing_to_game():
 def test_classification_soft_labels_over_every_class_equal_the_nonzero_ones():
     """On a GPU soft labels are evaluated over every class (counting the non-zero ones would
     wait for the device); zero labels must contribute nothing."""
-    from reloss.tasks.cls import _FrozenClassificationLoss
+    from reloss.tasks._cls_frozen import FrozenClassificationLoss, general_table
 
     surrogate = fresh(ClassificationSurrogate).double().requires_grad_(False)
     logits, labels, _ = classification_batch()
     logits = (3 * logits).double().requires_grad_()
     soft = one_hot(labels, 10).double() * 0.6 + one_hot((labels + 1) % 10, 10).double() * 0.4
     index = torch.arange(10).expand(12, 10)
-    every = _FrozenClassificationLoss.apply(logits, index, soft, surrogate._frozen_table(logits))
+    table = general_table(surrogate.net, surrogate.temperatures, logits.dtype, logits.device)
+    every = FrozenClassificationLoss.apply(logits, index, soft, table)
     nonzero = surrogate(logits, soft, reduction="none")
     torch.testing.assert_close(every, nonzero)
     grads = [torch.autograd.grad(v.sum(), logits)[0] for v in (every, nonzero)]
     torch.testing.assert_close(grads[0], grads[1])
 
 
-# Sequence, sentence-level form (ngrams > 0): token cross-entropy plus learned weights on
-# bag-of-n-grams distances.
+# Sequence, sentence-level form (SequenceSurrogate, the shipped one): token cross-entropy plus
+# learned weights on bag-of-n-grams distances.
 
 def one_hot_log_p(output, target, vocab=12):
     """log p_t(target_s) (N, T, T) of predictions sure of ``output`` (N, T)."""
@@ -590,9 +600,10 @@ def test_ngram_checkpoint_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(ngrams=-1), r"'ngrams' should be an int in \[0, 8\] but got -1"),
-    (dict(ngrams=2.0), r"'ngrams' should be an int in \[0, 8\] but got 2.0"),
-    (dict(ngrams=True), r"'ngrams' should be an int in \[0, 8\] but got True"),
+    (dict(ngrams=0), r"'ngrams' should be an int in \[1, 8\] but got 0"),
+    (dict(ngrams=-1), r"'ngrams' should be an int in \[1, 8\] but got -1"),
+    (dict(ngrams=2.0), r"'ngrams' should be an int in \[1, 8\] but got 2.0"),
+    (dict(ngrams=True), r"'ngrams' should be an int in \[1, 8\] but got True"),
     (dict(ngrams=2, ngram_weight=0), r"'ngram_weight' should be a number in \(0, 1000\) but "
                                      r"got 0"),
 ])

@@ -159,6 +159,17 @@ def test_trainer_needs_positions_and_a_reloss(tiny, tmp_path):
         trainer.compute_loss(model, inputs)
 
 
+def test_a_trainer_without_loss_scaling_control_is_refused(tiny, tmp_path, monkeypatch):
+    """A transformers whose Trainer cannot be told the loss is already scaled for gradient
+    accumulation would scale it twice: construction fails instead, naming what is missing."""
+    monkeypatch.delattr(Trainer, "loss_is_scaled_for_ga")
+    model = BertForQuestionAnswering.from_pretrained(tiny[0])
+    with pytest.raises(ImportError, match=r"needs a transformers Trainer with "
+                                          r"loss_is_scaled_for_ga \(transformers >= 5.24 is "
+                                          r"tested\) .* a second time"):
+        ReLossQATrainer(model=model, args=training_args(tmp_path))
+
+
 def test_compute_loss_is_relossqa_on_the_models_logits(tiny, tmp_path):
     folder, features = tiny
     model = BertForQuestionAnswering.from_pretrained(folder).eval()

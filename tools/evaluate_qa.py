@@ -4,15 +4,15 @@
 
 PREDICTIONS_JSON maps question id to answer text (what tools/finetune_qa.py writes); DEV_JSON is
 the SQuAD-format file with the reference answers. Every question of DEV_JSON must have an answer
-(an empty string counts as wrong). The metrics are character-level, as reloss.tasks.qa computes
-them.
+(an empty string counts as wrong). The metrics are character-level, as reloss.mrc_metrics
+computes them.
 """
 import argparse
 import json
 import os
 
 from reloss import squad
-from reloss.tasks.qa import answer_scores
+from reloss.mrc_metrics import answer_scores
 
 
 def main(argv=None):

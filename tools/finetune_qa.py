@@ -9,7 +9,7 @@ hub); the tokenizer must be a fast one. Training is transformers' ``Trainer`` (`
 the model's loss, (CE(start) + CE(end)) / 2) or ``reloss.transformers.ReLossQATrainer``
 (``--loss reloss``). After every epoch the dev answers are decoded (n-best starts and ends, at most
 --max-answer-length tokens, inside the passage) and scored: CMRC 2018 EM and F1, DuReader ROUGE-L
-and BLEU-4 (character-level; see reloss.tasks.qa). Writes to --out: predictions.json (the last
+and BLEU-4 (character-level; see reloss.mrc_metrics). Writes to --out: predictions.json (the last
 epoch's answers), metrics.json (every epoch's scores, the arguments), model/ (the fine-tuned model
 and tokenizer), trainer/ (the Trainer's checkpoints, one per epoch with --save-checkpoints) and,
 with --save-logits, dev_logits.pt.
@@ -65,7 +65,7 @@ def build_parser():
     parser.add_argument("--save-logits", action="store_true",
                         help="also write dev_logits.pt: every epoch's dev start/end logits with "
                              "the gold positions, as stored 'qa' predictions (group = epoch) for "
-                             "python -m tools.evaluate_surrogate")
+                             "reloss evaluate")
     return parser
 
 
@@ -120,7 +120,7 @@ def finetune(args, progress=None):
     )
 
     from reloss import squad
-    from reloss.tasks.qa import answer_scores
+    from reloss.mrc_metrics import answer_scores
     from reloss.transformers import ReLossQA, ReLossQATrainer
 
     started = time.time()

@@ -9,11 +9,12 @@ import os
 from .checkpoint import load_surrogate, save_surrogate
 from .rank import BACKENDS, DEFAULT_STRENGTH, resolve_backend, soft_rank, torchsort_available
 from .spearman import exact_rank, pearson, soft_spearman, spearman
-from .tasks import TASKS, get_task
+from .surrogate import Surrogate
+from .tasks import TASKS, Task, get_task
 from .tasks.cls import ClassificationSurrogate
-from .tasks.nat import SequenceSurrogate
+from .tasks.nat import SequenceSurrogate, TokenSequenceSurrogate
 from .tasks.pose import PoseSurrogate
-from .tasks.qa import QASurrogate
+from .tasks.qa import QARiskSurrogate, QAStepsSurrogate, QASurrogate
 
 __version__ = "0.1.0"
 
@@ -31,7 +32,8 @@ def fairseq_user_dir() -> str:
 
 __all__ = [
     "BACKENDS", "DEFAULT_STRENGTH", "TASKS", "ClassificationSurrogate", "PoseSurrogate",
-    "QASurrogate", "SequenceSurrogate", "exact_rank", "fairseq_user_dir", "get_task",
+    "QARiskSurrogate", "QAStepsSurrogate", "QASurrogate", "SequenceSurrogate", "Surrogate",
+    "Task", "TokenSequenceSurrogate", "exact_rank", "fairseq_user_dir", "get_task",
     "load_surrogate", "pearson", "resolve_backend", "save_surrogate", "soft_rank",
     "soft_spearman", "spearman", "torchsort_available",
 ]

@@ -20,7 +20,7 @@ class FrozenSurrogateLoss(nn.Module):
 
     Args:
         checkpoint (str): a shipped surrogate name or a path to one.
-        task (str): the task the surrogate must be for ('cls', 'pose').
+        task (str): the task the surrogate must be for ('cls', 'pose', 'nat', 'qa').
         loss_weight (float): multiplies the whole loss.
         original_weight (float | None): weight of the original loss added to the surrogate;
             None takes the task's ``default_original_weight``.

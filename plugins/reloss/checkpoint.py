@@ -2,8 +2,9 @@
 
 A checkpoint is a dict read with ``torch.load(weights_only=True)``::
 
-    format: 'reloss-surrogate', version: 1, task: 'cls' | 'pose' | 'nat',
-    architecture: {'type': class name, **constructor arguments}, metric: 'module:function',
+    format: 'reloss-surrogate', version: 1, task: 'cls' | 'pose' | 'nat' | 'qa',
+    architecture: {'type': a surrogate class of the task, **its constructor arguments},
+    metric: 'module:function',
     state_dict: the net's weights
 
 The shipped checkpoints live in ``reloss/checkpoints/`` with a ``manifest.json`` of their sha256
@@ -60,8 +61,8 @@ def save_surrogate(surrogate: Surrogate, path: str | os.PathLike, task: str, met
 
 
 def _card_sha256(path):
-    """(sha256, card) from the model card that ``tools/pretrain_surrogate.py`` or
-    ``tools/ship_surrogate.py`` wrote next to ``path``, or (None, None) where there is none.
+    """(sha256, card) from the model card that ``reloss pretrain`` or ``reloss ship`` wrote next
+    to ``path``, or (None, None) where there is none.
 
     A card is ours only if it is a JSON object whose ``checkpoint`` names this file; any other
     file of that name (not JSON, another checkpoint's, someone else's) is not read further. A card
@@ -93,12 +94,13 @@ def _field(path, payload, name, check, expected):
 
 def load_surrogate(name_or_path: str | os.PathLike, sha256: str | None = None,
                    trainable: bool = False) -> Surrogate:
-    """A surrogate by shipped name ('cls', 'pose', 'nat') or by checkpoint path.
+    """A surrogate by shipped name ('cls', 'pose', 'nat', 'qa') or by checkpoint path.
 
     The file's sha256 must match the manifest (shipped), ``sha256`` (if given, for shipped names
-    too) and the model card that ``tools/pretrain_surrogate.py`` wrote beside it (if there is
-    one, and ``sha256`` is not given). The net comes back in eval mode with frozen weights unless
-    ``trainable``.
+    too) and the model card that ``reloss pretrain`` wrote beside it (if there is one, and
+    ``sha256`` is not given). The net comes back in eval mode with frozen weights unless
+    ``trainable``. A checkpoint may name any surrogate class of its task; one written before a
+    class was split is read through the task's ``upgrade``.
     """
     entries = shipped()
     if isinstance(name_or_path, os.PathLike):

@@ -54,7 +54,7 @@ class ReLossNATConfig(FairseqDataclass):
     reloss_checkpoint: str = field(
         default="nat",
         metadata={"help": "the translation surrogate: 'nat' (shipped, sha256-checked) or a path "
-                          "to a checkpoint written by tools/pretrain_surrogate.py --task nat"})
+                          "to a checkpoint written by reloss pretrain --task nat"})
     reloss_weight: float = field(
         default=1.0,
         metadata={"help": "multiplies the whole word-insertion loss, the (label-smoothed) "
@@ -118,7 +118,8 @@ class ReLossNATCriterion(LabelSmoothedDualImitationCriterion):
     above), ``reloss`` (the surrogate alone, unsmoothed) and ``length``.
 
     Works for any model whose training output has a ``word_ins`` entry of (B, T, V) logits
-    (V >= 2); targets of any length (the surrogate's positions are sinusoidal, with no maximum).
+    (V >= 2); targets of any length (the shipped surrogate reads whole sentences: their token
+    cross-entropy and bag-of-n-grams distances, with no maximum length).
     """
 
     def __init__(self, task: FairseqTask, label_smoothing: float, reloss_checkpoint: str,

@@ -1,46 +1,24 @@
-"""ReLoss for mmpretrain: the ``ReLossCls`` loss and the CIFAR ResNets of the paper.
+"""ReLoss for mmpretrain: the ``ReLossCls`` loss.
 
 In a config::
 
     custom_imports = dict(imports=['reloss.mmpretrain'], allow_failed_imports=False)
     model = dict(head=dict(loss=dict(type='ReLossCls')))
 
-Importing this module registers both in mmpretrain's ``MODELS``.
+Importing this module registers it in mmpretrain's ``MODELS``, and with it the CIFAR ResNets of
+the paper (:mod:`reloss.mmpretrain_backbones`), so configs that use both need this import alone.
 """
 from __future__ import annotations
 
 import os
-import sys
 
 import torch
-from mmpretrain.utils import dependency
 from torch import nn
 
+from ._mmpretrain_import import skip_multimodal_models_that_cannot_import
 
-def _skip_multimodal_models_that_cannot_import():
-    """mmpretrain 1.2 imports its multimodal models (BLIP, CLIP, ...) with ``mmpretrain.models``
-    whenever pycocotools and transformers >= 4.28 are both installed
-    (``mmpretrain.utils.dependency.WITH_MULTIMODAL``). Its BLIP code imports helpers that
-    transformers 5 removed from ``transformers.modeling_utils``, so there ``import
-    mmpretrain.models`` fails. Where those helpers are missing, take the path mmpretrain takes
-    without the multimodal dependencies (placeholders that explain what to install); it changes
-    nothing once ``mmpretrain.models`` is imported."""
-    if not dependency.WITH_MULTIMODAL or "mmpretrain.models" in sys.modules:
-        return
-    try:
-        from transformers.modeling_utils import (  # noqa: F401
-            apply_chunking_to_forward,
-            find_pruneable_heads_and_indices,
-            prune_linear_layer,
-        )
-    except ImportError:
-        dependency.WITH_MULTIMODAL = False
+skip_multimodal_models_that_cannot_import()
 
-
-_skip_multimodal_models_that_cannot_import()
-
-from mmpretrain.models.backbones.resnet import BasicBlock  # noqa: E402
-from mmpretrain.models.backbones.resnet_cifar import ResNet_CIFAR  # noqa: E402
 from mmpretrain.models.losses.utils import weight_reduce_loss  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
@@ -56,6 +34,8 @@ from ._validate import (  # noqa: E402
     check_not_bool,
     check_tensor,
 )
+from .mmpretrain_backbones import ResNetCIFARPaper  # noqa: E402,F401  (registers it)
+from .surrogate import REDUCTIONS  # noqa: E402
 
 allow_mmengine_checkpoints()
 
@@ -88,7 +68,7 @@ class ReLossCls(FrozenSurrogateLoss):
     def __init__(self, checkpoint: str | os.PathLike = "cls", loss_weight: float = 1.0,
                  ce_weight: float | None = None, label_smooth_val: float = 0.0,
                  reduction: str = "mean") -> None:
-        check_choice("reduction", reduction, ("mean", "sum", "none"))
+        check_choice("reduction", reduction, REDUCTIONS)
         super().__init__(checkpoint, "cls", loss_weight, ce_weight, "ce_weight")
         self.label_smooth_val = check_non_negative("label_smooth_val", label_smooth_val)
         if self.label_smooth_val >= 1:
@@ -142,7 +122,7 @@ class ReLossCls(FrozenSurrogateLoss):
                 reduction_override: str | None = None, **kwargs) -> torch.Tensor:
         """The loss, as mmpretrain's ``CrossEntropyLoss.forward`` takes its arguments."""
         reduction = reduction_override or self.reduction
-        check_choice("reduction_override", reduction, ("mean", "sum", "none"))
+        check_choice("reduction_override", reduction, REDUCTIONS)
         label = self._labels(cls_score, label)
         if weight is not None:
             check_tensor("weight", weight)
@@ -158,11 +138,9 @@ class ReLossCls(FrozenSurrogateLoss):
             # mmpretrain's mean (the sum over avg_factor, which heads pass as N, or over N):
             # the surrogate's own mean, reduced inside its autograd node, then rescaled.
             factor = self.loss_weight * (1 if avg_factor is None else count / avg_factor)
-            if label.dim() == 1 and not (torch.is_grad_enabled() and any(
-                    p.requires_grad for p in surrogate.net._parameters.values())):
+            if label.dim() == 1 and (surrogate.frozen or not torch.is_grad_enabled()):
                 # Checked above: the frozen evaluation itself, its scale folded in.
-                return surrogate._frozen_loss(logits, label.long().unsqueeze(1), None,
-                                              factor / count)
+                return surrogate.frozen_mean(logits, label, factor)
             loss = surrogate(logits, label, reduction="mean")
             return loss if factor == 1 else loss * factor
         loss = surrogate(logits, label, reduction="none")
@@ -174,29 +152,3 @@ class ReLossCls(FrozenSurrogateLoss):
             loss = loss + self.original_weight * ce
         loss = weight_reduce_loss(loss, weight, reduction, avg_factor)
         return loss if self.loss_weight == 1 else self.loss_weight * loss
-
-
-@MODELS.register_module()
-class ResNetCIFARPaper(ResNet_CIFAR):
-    """The CIFAR ResNets of He et al. (2016) used by the ReLoss paper: ResNet-20/32/44/56/110.
-
-    Three stages of BasicBlocks with 16, 32 and 64 channels (6n + 2 layers; n = 9 for ResNet-56,
-    18 for ResNet-110), a 3x3 stem and no max-pooling. Shortcuts that change shape are 1x1
-    convolutions (He et al.'s option B), as in mmpretrain's other ResNets. mmpretrain's
-    ``ResNet_CIFAR`` accepts depths 18-152 of the ImageNet family only.
-
-    Args:
-        depth (int): 20, 32, 44, 56 or 110.
-        **kwargs: other arguments of mmpretrain's ``ResNet``.
-    """
-
-    arch_settings = {depth: (BasicBlock, ((depth - 2) // 6,) * 3)
-                     for depth in (20, 32, 44, 56, 110)}
-
-    def __init__(self, depth: int, **kwargs) -> None:
-        if depth not in self.arch_settings:
-            raise KeyError(f"'depth' should be one of {sorted(self.arch_settings)} but got "
-                           f"{depth!r}")
-        defaults = dict(stem_channels=16, base_channels=16, num_stages=3, strides=(1, 2, 2),
-                        dilations=(1, 1, 1), out_indices=(2,))
-        super().__init__(depth, **{**defaults, **kwargs})

@@ -26,6 +26,7 @@ from ._validate import (
     check_ndim,
     check_positive,
 )
+from .surrogate import upcast_half
 
 BACKENDS = ("auto", "torchsort", "pairwise")
 
@@ -125,17 +126,13 @@ def soft_rank(x: torch.Tensor, regularization_strength: float | None = None,
     name = resolve_backend(backend, x)
     if regularization_strength is not None:
         check_positive("regularization_strength", regularization_strength)
-    return _soft_rank(x, regularization_strength, name)
+    return soft_rank_unchecked(x, regularization_strength, name)
 
 
-def upcast_half(x: torch.Tensor) -> torch.Tensor:
-    """float16 and bfloat16 tensors as float32 (other dtypes unchanged), for the arithmetic that
-    half precision cannot carry: ranks, softmax, standardisation."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _soft_rank(x, strength, backend):
-    """soft_rank on checked input, with a resolved backend; computes half precision in float32."""
+def soft_rank_unchecked(x: torch.Tensor, strength: float | None, backend: str) -> torch.Tensor:
+    """:func:`soft_rank` for callers that have checked ``x`` and resolved the backend (no check
+    reads the values, so nothing waits for an accelerator); half precision is ranked in
+    float32."""
     if strength is None:
         strength = DEFAULT_STRENGTH[backend]
     return _RANKERS[backend](upcast_half(x), strength).to(x.dtype)

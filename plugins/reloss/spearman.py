@@ -12,7 +12,8 @@ from ._validate import (
     check_same_shape,
     check_tensor,
 )
-from .rank import _soft_rank, resolve_backend, upcast_half
+from .rank import resolve_backend, soft_rank_unchecked
+from .surrogate import upcast_half
 
 
 def exact_rank(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -115,6 +116,13 @@ class _CorrelateWithFixed(torch.autograd.Function):
         return grad_x, None
 
 
+def correlate_with_fixed(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of ``x`` (B, n) with the constant ``target`` (B, n),
+    differentiable in ``x`` only: (B,); 0 where either row is constant. Soft Spearman is this on
+    soft ranks and exact ranks."""
+    return _CorrelateWithFixed.apply(x, target)
+
+
 def soft_spearman(pred: torch.Tensor, target: torch.Tensor,
                   regularization_strength: float | None = None,
                   backend: str = "auto") -> torch.Tensor:
@@ -146,7 +154,8 @@ def soft_spearman(pred: torch.Tensor, target: torch.Tensor,
     name = resolve_backend(backend, rows)
     if regularization_strength is not None:
         check_positive("regularization_strength", regularization_strength)
-    ranks = _soft_rank(_Standardize.apply(upcast_half(rows)), regularization_strength, name)
+    ranks = soft_rank_unchecked(_Standardize.apply(upcast_half(rows)), regularization_strength,
+                                name)
     target_ranks = exact_rank(target.detach().reshape(rows.shape)).to(ranks.dtype)
-    rho = _CorrelateWithFixed.apply(ranks, target_ranks)
+    rho = correlate_with_fixed(ranks, target_ranks)
     return rho.reshape(pred.shape[:-1]).to(pred.dtype)

@@ -25,7 +25,7 @@ from transformers import Trainer
 
 from ._adapter import FrozenSurrogateLoss
 from ._validate import check_choice, check_data, check_float, check_ndim, check_not_bool
-from .surrogate import REDUCTIONS
+from .surrogate import REDUCTIONS, reduce_values
 
 
 def _positions(name, positions, count):
@@ -105,11 +105,7 @@ class ReLossQA(FrozenSurrogateLoss):
             ce = F.cross_entropy(logits.flatten(0, 1), positions.flatten(), reduction="none")
             values = values + self.original_weight * ce.view(-1, 2).mean(-1)
         values = self.loss_weight * torch.where(counted, values, 0.0)
-        if reduction == "none":
-            return values
-        if reduction == "sum":
-            return values.sum()
-        return values.sum() / counted.sum().clamp_min(1).to(values.dtype)
+        return reduce_values(values, reduction, counted)
 
     @staticmethod
     def count(start_positions: torch.Tensor, end_positions: torch.Tensor,
@@ -139,6 +135,16 @@ class ReLossQATrainer(Trainer):
     """
 
     def __init__(self, *args, reloss: ReLossQA | None = None, **kwargs) -> None:
+        missing = [name for name in ("loss_is_scaled_for_ga", "_get_num_items_in_batch")
+                   if not hasattr(Trainer, name)]
+        if missing:  # the Trainer would scale the loss for gradient accumulation a second time
+            import transformers
+
+            raise ImportError(f"ReLossQATrainer needs a transformers Trainer with "
+                              f"{' and '.join(missing)} (transformers >= 5.24 is tested) but "
+                              f"transformers {transformers.__version__} has none: its Trainer "
+                              f"would divide ReLossQATrainer's loss by the gradient accumulation "
+                              f"steps a second time. Upgrade: pip install 'reloss[transformers]'")
         if reloss is not None and not isinstance(reloss, ReLossQA):
             raise TypeError(f"'reloss' should be a ReLossQA or None but got "
                             f"{type(reloss).__name__}")

@@ -20,8 +20,9 @@ import reloss
 def ngram_share(surrogate, logits, targets, weights):
     """``|g_ngram| / (|g_ngram| + |g_CE|)`` at ``logits`` (N, T, V) for a sentence-level ``nat``
     surrogate, g_CE the gradient of its cross-entropy term alone and g_ngram the rest."""
-    if not getattr(surrogate, "ngrams", 0):
-        raise ValueError("'surrogate' should be a sentence-level nat surrogate (ngrams > 0)")
+    if not isinstance(surrogate, reloss.SequenceSurrogate):
+        raise ValueError(f"'surrogate' should be a sentence-level nat surrogate "
+                         f"(SequenceSurrogate) but got {type(surrogate).__name__}")
     logits = logits.detach().requires_grad_(True)
     full = torch.autograd.grad(surrogate(logits, targets, weights), logits)[0]
     saved = surrogate.theta.detach().clone()
@@ -46,7 +47,7 @@ def main(argv=None):
     if args.sentences < 1:
         parser.error(f"--sentences should be at least 1 but got {args.sentences}")
     surrogate = reloss.load_surrogate(args.checkpoint)
-    if surrogate.task != "nat" or not surrogate.ngrams:
+    if not isinstance(surrogate, reloss.SequenceSurrogate):
         parser.error(f"--checkpoint {args.checkpoint!r} is not a sentence-level nat surrogate")
     data = torch.load(args.predictions, weights_only=True)
     if not isinstance(data, dict) or data.get("task") != "nat" or "group" not in data:

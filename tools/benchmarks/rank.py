@@ -19,7 +19,7 @@ import time
 import torch
 
 import reloss
-from reloss.spearman import _CorrelateWithFixed
+from reloss.spearman import correlate_with_fixed
 
 SIZES = ((1, 256), (1, 1024), (1, 4096), (64, 256), (256, 128))
 BACKENDS = ("auto", "torchsort", "pairwise", "diffsort")
@@ -37,7 +37,7 @@ def diffsort_spearman(pred, target):
                                     distribution="logistic_phi")
     _, permutation = _DIFFSORT_NETWORKS[key](pred)  # (B, n, n): soft probability that i lands at j
     ranks = permutation @ torch.arange(1, n + 1, dtype=pred.dtype, device=pred.device)
-    return _CorrelateWithFixed.apply(ranks, reloss.exact_rank(target).to(ranks.dtype))
+    return correlate_with_fixed(ranks, reloss.exact_rank(target).to(ranks.dtype))
 
 
 def make_inputs(batch, n, device, seed=0):

@@ -102,6 +102,15 @@ class Task:
         return len(self.prediction_fields) == 3
 
 
+def moved_architecture(architecture: dict, name: str, dropped: tuple[str, ...]) -> dict:
+    """For a task's ``upgrade``: a checkpoint's ``architecture`` (``type`` and constructor
+    arguments) for the class called ``name``, without the arguments in ``dropped`` (those the
+    old class read for another form). Any other argument stays, for the class to take or to
+    refuse by name."""
+    return {"type": name, **{key: value for key, value in architecture.items()
+                             if key != "type" and key not in dropped}}
+
+
 def uniform(shape, low: float, high: float, generator: torch.Generator | None) -> Tensor:
     """Uniform samples in [low, high)."""
     return low + (high - low) * torch.rand(shape, generator=generator)

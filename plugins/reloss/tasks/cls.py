@@ -9,63 +9,19 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .._validate import check_choice, check_float, check_ndim, check_not_bool, check_tensor
+from .._validate import (
+    check_choice,
+    check_float,
+    check_min_size,
+    check_ndim,
+    check_not_bool,
+    check_tensor,
+)
 from ..metrics import chunk_accuracy
-from ..rank import upcast_half
-from ..surrogate import REDUCTIONS, Surrogate
+from ..surrogate import REDUCTIONS, MonotoneSteps, Surrogate, reduce_values, upcast_half
+from ._cls_frozen import frozen_values
 from .base import Task, quality, uniform
-
-
-class MonotoneSteps(nn.Module):
-    """A learned non-decreasing function of each input, summed over inputs: ``sum_j g_j(x_j)``.
-
-    ``g_j(x) = softplus(s_j) x + sum_k softplus(a_jk) w_jk sigmoid((x - c_jk) / w_jk)``: a linear
-    part and ``knots`` smooth steps with learned centres ``c``, widths ``w`` and heights; every
-    slope is >= 0 by construction, and the steps let it saturate where the metric stops caring.
-    It starts with steps of height ``amplitude`` spread evenly over [0, ``span``].
-
-    Args:
-        inputs (int): number of inputs (features) F.
-        knots (int): steps per input.
-        span (float): where the steps start out: centres evenly over [0, span].
-    """
-
-    def __init__(self, inputs, knots=16, span=8.0, linear=True, amplitude=0.5, slope=0.02):
-        super().__init__()
-        width = span / knots
-        self.centres = nn.Parameter(torch.linspace(0, span, knots).repeat(inputs, 1))
-        self.log_widths = nn.Parameter(torch.full((inputs, knots), math.log(width)))
-        # softplus(raw) is the slope at a step's centre times 4; start at `amplitude`.
-        self.raw_heights = nn.Parameter(torch.full((inputs, knots),
-                                                   math.log(math.expm1(amplitude))))
-        # Without the linear part g_j is bounded: its slope vanishes far beyond the steps.
-        self.raw_slopes = nn.Parameter(torch.full((inputs,), math.log(math.expm1(slope)))
-                                       ) if linear else None
-
-    def forward(self, x):
-        """(..., F) -> (..., 1)."""
-        widths = self.log_widths.exp()
-        steps = torch.sigmoid((x.unsqueeze(-1) - self.centres) / widths)
-        values = (F.softplus(self.raw_heights) * widths * steps).sum(-1)
-        if self.raw_slopes is not None:
-            values = values + F.softplus(self.raw_slopes) * x
-        return values.sum(-1, keepdim=True)
-
-    def frozen_parameters(self, dtype, device=None):
-        """(centres, 1 / widths, heights, heights * widths, linear slopes) as plain tensors, for
-        evaluating the function without autograd (see _FrozenClassificationLoss)."""
-        with torch.no_grad():
-            widths = self.log_widths.exp()
-            heights = F.softplus(self.raw_heights)
-            values = (self.centres, 1 / widths, heights, heights * widths, self._linear_slopes())
-            return tuple(t.to(device=device, dtype=dtype) for t in values)
-
-    def _linear_slopes(self):
-        if self.raw_slopes is None:
-            return self.centres.new_zeros(self.centres.shape[0])
-        return F.softplus(self.raw_slopes)
 
 
 def _label_units(logits, target):
@@ -88,184 +44,26 @@ def _label_units(logits, target):
                      f"{tuple(target.shape)}")
 
 
+def _integer(dtype):
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def _check_hard_labels(logits, labels):
+    """Names what does not fit in logits (N, C) and class indices (N,)."""
+    check_float("logits", logits)
+    check_ndim("logits", logits, (2,), "2-D (N, C) logits")
+    check_min_size("logits", logits, 1, 2, "C")
+    check_tensor("labels", labels)
+    if tuple(labels.shape) != logits.shape[:1] or not _integer(labels.dtype):
+        raise ValueError(f"'labels' should be (N,) = ({logits.shape[0]},) integer class indices "
+                         f"but got {labels.dtype} {tuple(labels.shape)}")
+
+
 def _tempered_cross_entropy(logits, index, temperatures):
     """u_T = T logsumexp(z / T) - z_y for each label index and temperature: (N, k, F)."""
     own = logits.gather(-1, index)
     return torch.stack([t * torch.logsumexp(logits / t, -1, keepdim=True) - own
                         for t in temperatures], -1)
-
-
-#: Up to this many classes the frozen path takes exp and sum of every temperature at once
-#: (fewest operations; torch's softmax is slow on short rows); above it, one softmax per
-#: temperature (fewest passes over the logits).
-_FEW_CLASSES = 32
-
-
-def _softmax_in_place(x):
-    """softmax(x, 1), written over x on a CPU (a fresh buffer of the logits' size costs about as
-    much as a pass over them there); elsewhere into a new tensor."""
-    return torch.softmax(x, 1, out=x) if x.device.type == "cpu" else torch.softmax(x, 1)
-
-
-class _FrozenClassificationLoss(torch.autograd.Function):
-    """Per-sample values of a frozen ClassificationSurrogate with the gradient written out:
-    d u_T / d z = softmax(z / T) - onehot(y), so d L / d z = sum_T g_T'(u_T) (softmax(z / T) - e_y),
-    for each label entry, weighted by its share of the label.
-
-    With m = max_c z_c, ``u_T = m - z_y + T log S_T``, S_T = sum_c exp((z_c - m) / T) in [1, C].
-    With few classes, exp((z - m) / T) of every temperature at once and their sums give S_T;
-    with many, one softmax per temperature, whose largest entry is 1 / S_T. Either is kept for
-    the backward pass, which is then multiply-adds and no exp. Before an exp, (z - m) / T is
-    raised to at least log(tiny) + log(C) + 1 (or z / T to that above m / T): an exp that would
-    end below the smallest normal number costs many times a normal one on a CPU, and what the
-    floor changes (at most C e^-86 of a sum >= 1 in float32) is far below round-off. The learned
-    steps of every temperature and label are evaluated in one multiply-add over (F, K, N k).
-    """
-
-    @staticmethod
-    def forward(ctx, logits, index, share, table, scale=None):
-        """Per-sample values (N,), or with ``scale`` their sum times ``scale``."""
-        (scales, scale_column, temperatures, inverse_widths, offsets, scaled_heights, heights,
-         linear, negated_linear) = table
-        count, classes = logits.shape
-        units, features = index.shape[1], len(scales)
-        floor = math.log(torch.finfo(logits.dtype).tiny) + math.log(classes) + 1
-        top = logits.amax(1, keepdim=True)
-        # -u_T = z_y - m - T log S_T, (F, N, k): the minus sign is folded into what uses it.
-        if classes <= _FEW_CLASSES:
-            shifted = logits - top
-            weights = shifted * scale_column  # (F, N, C)
-            own = shifted.gather(1, index)  # before the floor
-            weights = weights.clamp_min_(floor).exp_()
-            sums = weights.sum(-1, keepdim=True)
-            minus_u = torch.addcmul(own, sums.log(), temperatures, value=-1)
-        else:  # softmax subtracts the maximum itself: z / T needs only the floor
-            weights = [torch.softmax(logits, 1) if inverse == 1 else
-                       _softmax_in_place((logits * inverse).clamp_(min=top * inverse + floor))
-                       for inverse in scales]
-            sums = None
-            largest = torch.stack([p.amax(1, keepdim=True) for p in weights]).log_()  # -log S_T
-            minus_u = torch.addcmul(logits.gather(1, index) - top, largest, temperatures)
-        minus_u = minus_u.view(features, 1, count * units)
-        # sigmoid((u - centre) / width) for every step: (F, K, N k).
-        steps = torch.addcmul(offsets, inverse_widths, minus_u, value=-1).sigmoid_()
-        # Values and slopes come out multiplied by the reduction's scale, if any.
-        factor = 1.0 if scale is None else scale
-        values = torch.addmm(negated_linear @ minus_u.view(features, -1), scaled_heights,
-                             steps.view(-1, count * units), beta=factor, alpha=factor)
-        values = values.view(count, units)
-        # g'(u) = linear slope + sum_k height_k s_k (1 - s_k) for each temperature: (F, 1, N k).
-        slopes = torch.baddbmm(linear, heights, torch.addcmul(steps, steps, steps, value=-1),
-                               beta=factor, alpha=factor).view(features, count, units)
-        if share is not None:
-            values, slopes = values * share, slopes * share
-        ctx.save_for_backward(index, slopes, sums, *weights)
-        if scale is not None:
-            return values.sum()
-        return values.sum(-1) if units > 1 else values.view(count)
-
-    @staticmethod
-    def backward(ctx, grad_values):
-        index, slopes, sums, *weights = ctx.saved_tensors
-        coefficient = slopes * grad_values.view(1, -1, 1)  # (F, N, k)
-        per_temperature = coefficient.sum(2, keepdim=True) if coefficient.shape[2] > 1 \
-            else coefficient  # (F, N, 1)
-        if sums is not None:
-            per_temperature = per_temperature / sums
-        grad = weights[0] * per_temperature[0]
-        for f in range(1, len(weights)):
-            grad.addcmul_(weights[f], per_temperature[f])
-        return grad.scatter_add_(1, index, coefficient.sum(0).neg_()), None, None, None, None
-
-
-#: Below this many classes the single-temperature path takes the log-softmax over the transposed
-#: (C, N) logits: torch's CPU log-softmax over rows shorter than a vector register (16 float32)
-#: runs element by element, 4-7 times slower than over the N samples of each class.
-_SHORT_ROWS = 16
-
-
-class _FrozenSteps(torch.autograd.Function):
-    """The learned function of a single-temperature ClassificationSurrogate, frozen, on
-    ``own`` = log_softmax(z / T)_y = -u / T (N, k), with its derivative written out.
-
-    The steps sigmoid((u - c) / w) are one multiply-add (the -T folded into the table) and a
-    sigmoid over (N k, K); the values one matrix product that also adds the linear part and the
-    reduction's scale; the slopes d g / d own = -T g'(u) one multiply-add and a matrix product.
-    """
-
-    @staticmethod
-    def forward(ctx, own, share, table, scale=None):
-        step_scale, offsets, scaled_heights, heights, linear, linear_t = table[:6]
-        count, units = own.shape
-        own = own.reshape(-1, 1)
-        steps = torch.addcmul(offsets, own, step_scale).sigmoid_()  # (N k, K)
-        factor = 1.0 if scale is None else scale
-        # sum_k h_k w_k s_k + s u, times the scale: (N k, 1).
-        values = torch.addmm(own, steps, scaled_heights, beta=-linear_t * factor, alpha=factor)
-        ctx.save_for_backward(share, steps, heights, linear)
-        ctx.factor = factor
-        if share is not None:
-            values = values.view(count, units) * share
-            return values.sum() if scale is not None else values.sum(-1)
-        return values.sum() if scale is not None else values.view(count)
-
-    @staticmethod
-    def backward(ctx, grad_values):
-        share, steps, heights, linear = ctx.saved_tensors
-        # -T g'(u) = -T (s + sum_k h_k s_k (1 - s_k)), times the scale (-T is in the table).
-        slopes = torch.addmm(linear, torch.addcmul(steps, steps, steps, value=-1), heights,
-                             beta=ctx.factor, alpha=ctx.factor)
-        if share is None:
-            return slopes.mul_(grad_values.view(-1, 1) if grad_values.dim() else grad_values
-                               ), None, None, None
-        slopes = slopes.view(share.shape).mul_(share)
-        return slopes.mul_(grad_values.view(-1, 1) if grad_values.dim() else grad_values), \
-            None, None, None
-
-
-class _FrozenShortRowsLoss(torch.autograd.Function):
-    """The frozen surrogate at T = 1 over rows shorter than _SHORT_ROWS as one autograd node:
-    there every tensor is tiny and the cost is the number of operations. own = log_softmax(z)_y
-    from the transposed log-softmax, _FrozenSteps' forward, and a backward of
-    g'(u) (exp(log_softmax(z)) - e_y) in three operations (hard labels)."""
-
-    @staticmethod
-    def forward(ctx, logits, index, share, table, scale=None):
-        log_p = torch.log_softmax(logits.t(), 0).t()
-        values = _FrozenSteps.forward(ctx, log_p.gather(1, index), share, table, scale)
-        ctx.factor = -ctx.factor  # _FrozenSteps.backward then gives g'(u), not -g'(u)
-        ctx.log_p, ctx.index, ctx.minus_one = log_p, index, table[-1]
-        return values
-
-    @staticmethod
-    def backward(ctx, grad_values):
-        slopes = _FrozenSteps.backward(ctx, grad_values)[0]  # g'(u) per label, (N, k)
-        grad = torch.exp(ctx.log_p)
-        if slopes.shape[1] == 1:
-            grad = grad.scatter_add_(1, ctx.index, ctx.minus_one.expand_as(slopes)).mul_(slopes)
-        else:
-            grad = grad.mul_(slopes.sum(1, keepdim=True)).scatter_add_(1, ctx.index,
-                                                                        slopes.neg_())
-        return grad, None, None, None, None
-
-
-def _single_temperature_loss(logits, index, share, table, scale=None):
-    """The frozen single-temperature surrogate: autograd's log-softmax and gather (one fused
-    kernel each way, as in cross-entropy) for own = log_softmax(z / T)_y, then _FrozenSteps.
-    Over rows shorter than _SHORT_ROWS the log-softmax runs over the transposed logits. At
-    T != 1 the scaled logits are floored as in _FrozenClassificationLoss."""
-    inverse = table[0]
-    if inverse is None and logits.shape[1] < _SHORT_ROWS:
-        return _FrozenShortRowsLoss.apply(logits, index, share, table[1:], scale)
-    if inverse is not None:
-        floor = math.log(torch.finfo(logits.dtype).tiny) + math.log(logits.shape[1]) + 1
-        top = logits.detach().amax(1, keepdim=True)
-        logits = torch.maximum(logits * inverse, top * inverse + floor)
-    if logits.shape[1] < _SHORT_ROWS:
-        own = torch.log_softmax(logits.t(), 0).gather(0, index.t()).t()
-    else:
-        own = torch.log_softmax(logits, 1).gather(1, index)
-    return _FrozenSteps.apply(own, share, table[1:], scale)
 
 
 class ClassificationSurrogate(Surrogate):
@@ -274,7 +72,7 @@ class ClassificationSurrogate(Surrogate):
     Per label it reads ``u_T = T logsumexp(z / T) - z_y`` for each temperature T (T = 1 is the
     cross-entropy; as T falls, u_T tends to the hinge ``max(0, max_c z_c - z_y)``, which is what
     top-1 accuracy decides on) and adds up learned non-decreasing functions of them
-    (:class:`MonotoneSteps`). So:
+    (:class:`~reloss.surrogate.MonotoneSteps`). So:
 
     - nothing to game: every u_T is smallest for the label itself, and the loss never rises when
       one falls;
@@ -286,10 +84,8 @@ class ClassificationSurrogate(Surrogate):
       from being memorised.
 
     The default and the shipped 'cls' surrogate read T = 1 alone: a learned, saturating function
-    of the cross-entropy. Sharper temperatures rank predictions better (Spearman 0.93 against
-    0.83 on held-out synthetic chunks with T = (1, 0.1)) but train worse models under label noise
-    that cross-entropy does not memorise (the regime matrix in docs/matrix.md). The authors'
-    surrogate (an MLP on p(true class)) is the one-temperature case without the monotonicity.
+    of the cross-entropy (why not sharper temperatures: docs/design.md). The authors' surrogate
+    (an MLP on p(true class)) is the one-temperature case without the monotonicity.
     Soft or mixup labels (N, C) give ``sum_c y_c f(c) / sum_c y_c`` (as cross-entropy treats
     them), evaluated only for classes with a non-zero label.
 
@@ -313,64 +109,44 @@ class ClassificationSurrogate(Surrogate):
         self.knots, self.span, self.linear = knots, span, linear
         self.num_features = len(self.temperatures)
         self.net = MonotoneSteps(self.num_features, knots, span, linear)
+        self._tables = {}  # the frozen evaluation's layout of the steps, per dtype and device
 
     def config(self):
         return dict(temperatures=list(self.temperatures), knots=self.knots, span=self.span,
                     linear=self.linear)
 
-    def _cached_table(self, kind, build, like, parameters=None):
-        """``build(dtype, device)``, cached under ``kind`` per dtype and device of ``like`` until
-        a parameter changes (its storage or its version)."""
-        parameters = self.net._parameters.values() if parameters is None else parameters
-        versions = tuple((p.data_ptr(), p._version) for p in parameters)
-        tables = self.__dict__.setdefault("_tables", {})
-        key = (kind, like.dtype, like.device)
-        cached = tables.get(key)
-        if cached is None or cached[0] != versions:
-            cached = tables[key] = (versions, build(like.dtype, like.device))
-        return cached[1]
+    @property
+    def frozen(self):
+        """As :attr:`Surrogate.frozen`, read from the learned steps: they are all it holds."""
+        return self.net.frozen
 
-    def _frozen_table(self, like, parameters=None):
-        """The temperatures and the learned functions' parameters as plain tensors of the dtype
-        and device of ``like``, laid out for _FrozenClassificationLoss (cached)."""
-        def build(dtype, device):
-            centres, inverse_widths, heights, scaled_heights, linear = \
-                self.net.frozen_parameters(dtype, device)
-            temperatures = torch.tensor(self.temperatures, dtype=dtype, device=device)
-            features = len(self.temperatures)
-            return (tuple(1 / t for t in self.temperatures),
-                    (1 / temperatures).view(features, 1, 1), temperatures.view(features, 1, 1),
-                    inverse_widths.unsqueeze(-1), (-centres * inverse_widths).unsqueeze(-1),
-                    scaled_heights.reshape(1, -1), heights.unsqueeze(1),
-                    linear.view(features, 1, 1), -linear.view(1, features))
+    def frozen_mean(self, logits, labels, scale=1.0):
+        """``scale`` times the mean over samples of the surrogate's values for hard labels,
+        evaluated as a frozen surrogate is (the learned steps' parameters as plain tensors, the
+        gradient with respect to ``logits`` written out; none reaches the parameters): the
+        cheapest path, for training a model with a frozen surrogate (``ReLossCls`` takes it).
 
-        return self._cached_table("general", build, like, parameters)
+        Args:
+            logits (Tensor): (N, C) float logits, C >= 2.
+            labels (Tensor): (N,) integer class indices in [0, C); their values are not checked
+                (on an accelerator that would wait for the device).
+            scale (float): multiplies the mean (a loss weight), folded into the evaluation.
 
-    def _single_table(self, like, parameters=None):
-        """The learned function's parameters laid out for _single_temperature_loss (cached)."""
-        def build(dtype, device):
-            (temperature,) = self.temperatures
-            centres, inverse_widths, heights, scaled_heights, linear = \
-                self.net.frozen_parameters(torch.float64, device)
-            table = (None if temperature == 1 else 1 / temperature,
-                     (-temperature * inverse_widths).view(1, -1),  # times -u / T: (u - c) / w
-                     (-centres * inverse_widths).view(1, -1), scaled_heights.view(-1, 1),
-                     -temperature * heights.view(-1, 1), -temperature * linear.view(1, 1),
-                     float(linear) * temperature,
-                     torch.full((1, 1), -1.0, dtype=torch.float64, device=device))
-            return tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in table)
-
-        return self._cached_table("single", build, like, parameters)
-
-    def _frozen_loss(self, logits, index, share, scale=None, parameters=None):
-        """Per-sample values of the frozen surrogate, or with ``scale`` their sum times it, with
-        the gradient written out: logits (N, C) float32/64, index (N, k) class indices, share
-        (N, k) label weights summing to 1 per row, or None with k = 1."""
-        if len(self.temperatures) == 1:
-            return _single_temperature_loss(logits, index, share,
-                                            self._single_table(logits, parameters), scale)
-        return _FrozenClassificationLoss.apply(
-            logits, index, share, self._frozen_table(logits, parameters), scale)
+        Returns:
+            Tensor: a 0-D tensor; 0 where N = 0.
+        """
+        # One test where the inputs fit (this runs at every training step), the named checks
+        # where they do not.
+        if not (isinstance(logits, torch.Tensor) and isinstance(labels, torch.Tensor)
+                and logits.dim() == 2 and logits.is_floating_point() and logits.shape[1] >= 2
+                and labels.dim() == 1 and labels.shape[0] == logits.shape[0]
+                and _integer(labels.dtype)):
+            _check_hard_labels(logits, labels)
+        count = logits.shape[0]
+        values = frozen_values(self.net, self.temperatures, upcast_half(logits),
+                               labels.long().unsqueeze(1), None, scale / count if count else None,
+                               self._tables)
+        return values if count else values.sum()
 
     def _check(self, pred, target):
         check_float("pred", pred)
@@ -401,27 +177,23 @@ class ClassificationSurrogate(Surrogate):
             if tuple(weight.shape) != (pred.shape[0],):
                 raise ValueError(f"'weight' should be (N,) = ({pred.shape[0]},) sample weights "
                                  f"but got {tuple(weight.shape)}")
-        parameters = self.net._parameters.values()  # all of them: the net is all there is
-        if torch.is_grad_enabled() and any(p.requires_grad for p in parameters):
+        if torch.is_grad_enabled() and not self.frozen:
             if weights is None:
                 weights = torch.ones(index.shape, dtype=logits.dtype, device=logits.device)
             values = self.head(_tempered_cross_entropy(logits, index, self.temperatures), weights)
         else:  # frozen, as when training a model: the same values, the gradient written out
             share = None if weights is None else weights / weights.sum(-1, keepdim=True
                                                                        ).clamp_min(1e-30)
+            scale = None
             if weight is None and reduction != "none" and pred.shape[0]:  # reduced inside
                 scale = 1.0 if reduction == "sum" else 1 / pred.shape[0]
-                return self._frozen_loss(logits, index, share, scale, parameters)
-            values = self._frozen_loss(logits, index, share, None, parameters)
+            values = frozen_values(self.net, self.temperatures, logits, index, share, scale,
+                                   self._tables)
+            if scale is not None:
+                return values
         if weight is not None:
             values = values * weight.to(values.dtype)
-        if reduction == "none":
-            return values
-        if reduction == "sum":
-            return values.sum()
-        if weight is None:
-            return values.mean()
-        return values.sum() / (weight != 0).sum().clamp_min(1).to(values.dtype)
+        return reduce_values(values, reduction, None if weight is None else weight != 0)
 
 
 def sample_classification(num_chunks, chunk_size=128, num_classes=10, generator=None,

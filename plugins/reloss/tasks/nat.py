@@ -1,5 +1,6 @@
-"""Non-autoregressive translation: SequenceSurrogate, sentence BLEU per chunk, token
-cross-entropy, and synthetic logits with the typical NAT errors.
+"""Non-autoregressive translation: SequenceSurrogate (and its token-level predecessor,
+TokenSequenceSurrogate), sentence BLEU per chunk, token cross-entropy, and synthetic logits with
+the typical NAT errors.
 
 Stored predictions: ``logits`` (M, T, V) float, ``targets`` (M, T) token ids in [0, V) and
 ``target_weights`` (M, T) (0 at padding).
@@ -13,9 +14,15 @@ from torch import nn
 
 from .._validate import check_float, check_min_size, check_ndim, check_not_bool, check_tensor
 from ..metrics import sentence_bleu
-from ..rank import upcast_half
-from ..surrogate import Surrogate, mlp, softplus_weights, unit_weights, weighted_unit_mean
-from .base import Task, quality, uniform
+from ..surrogate import (
+    Surrogate,
+    mlp,
+    softplus_weights,
+    unit_weights,
+    upcast_half,
+    weighted_unit_mean,
+)
+from .base import Task, moved_architecture, quality, uniform
 
 #: Index used for padding in sampled token sequences (fairseq's dictionary: bos 0, pad 1, eos 2,
 #: unk 3; real tokens from 4).
@@ -120,165 +127,46 @@ def bag_of_ngrams_distance(log_p: torch.Tensor, target: torch.Tensor, present: t
     return torch.stack(out, -1)
 
 
-class SequenceSurrogate(Surrogate):
-    """A learned loss for non-autoregressive translation, independent of vocabulary and model width.
+def _checked_sequences(pred, target, weight):
+    """(target ids as long, 0 where absent; position weights (N, T); present (N, T) bool), after
+    the checks every form makes."""
+    check_float("pred", pred)
+    check_ndim("pred", pred, (3,), "3-D (N, T, V) logits")
+    check_min_size("pred", pred, 2, 2, "V")
+    check_tensor("target", target)
+    check_not_bool("target", target, "integer token ids")
+    if target.shape != pred.shape[:2] or target.is_floating_point() or target.is_complex():
+        raise ValueError(f"'target' should be (N, T) = {tuple(pred.shape[:2])} token ids but "
+                         f"got {target.dtype} {tuple(target.shape)}")
+    weight = unit_weights(weight, pred, "(N, T)", "position weights (0 at padding)")
+    present = weight > 0
+    target = target.long()
+    vocabulary = pred.shape[-1]
+    # An id out of range would fail inside gather; on an accelerator checking here would wait
+    # for the device every step, so the toolkit criterion checks there (reloss.fairseq). Ids
+    # at absent positions are never read.
+    if target.device.type == "cpu" and target.numel():
+        outside = ((target < 0) | (target >= vocabulary)) & present
+        if bool(outside.any()):
+            raise ValueError(f"'target' should hold token ids in [0, {vocabulary}) (V of "
+                             f"'pred' {tuple(pred.shape)}) but holds "
+                             f"{sorted(set(target[outside].tolist()))[:5]}")
+    target = torch.where(present, target, torch.zeros((), dtype=target.dtype,
+                                                      device=target.device))
+    return target, weight, present
 
-    Per target position t it reads the log-probability of the target token, its margin to the
-    best other token, and the log-probabilities the position gives the previous and next target
-    tokens (high when the output is shifted by one: the typical NAT repetition and length errors).
-    A small transformer encoder over the positions (sinusoidal positions, padding masked) gives a
-    value per position; a sentence's value is their mean over non-padding positions.
 
-    With ``reweight`` (the default) a position's value is ``c_t * (-log p(target))`` with
-    ``c_t = 1 + spread * g_t * (1 - p(target))``: the transformer gives the gate ``g_t`` in (0, 1),
-    computed without gradient. The gradient at each position's logits is then token
-    cross-entropy's times ``c_t`` >= 1: it points as cross-entropy's does, the target tokens are
-    the minimum (nothing to game), and the learned part can only add weight to positions that are
-    not yet right (a weight that favours tokens already learned ranks as well but trains worse).
-    Pretraining learns the gates by ranking. Without ``reweight`` the transformer's output is the
-    value itself (free form, the earlier design).
-
-    With ``ngrams`` = n > 0 the surrogate reads whole sentences instead (one unit per sentence):
-    its features are the sentence's token cross-entropy and, for k = 1 .. n, one minus the
-    expected clipped k-gram precision of the output (:func:`bag_of_ngrams_distance`), which sees
-    repeated tokens, dropped ones and shifted outputs. Its value is
-    ``CE + sum_k a_k (1 - precision_k)`` with learned ``a_k = softplus(theta_k) >= 0``: token
-    cross-entropy plus a learned mix of the bag-of-n-grams distances of Shao et al. (AAAI 2020).
-    The transformer is not built; ``reweight`` and ``spread`` do not apply.
-
-    Args:
-        dim (int): transformer width.
-        layers (int): transformer encoder layers.
-        heads (int): attention heads.
-        floor (float): log-probabilities are read no lower than this.
-        reweight (bool): the value is the token cross-entropy with learned extra weights.
-        spread (float): with ``reweight``, the largest extra weight.
-        ngrams (int): 0, or the longest n-gram of the sentence-level form.
-        ngram_weight (float): with ``ngrams``, the initial a_k.
-
-    Note:
-        N sentences, T target positions, V vocabulary entries; any T and V.
-    """
+class _SequenceLoss(Surrogate):
+    """What the forms of the translation surrogate share: the checks, a 'mean' over tokens and
+    :meth:`training_terms`. A form defines ``_read(pred, target, weight, present, spread)`` ->
+    (features, unit weights, log p(target) (N, T) before any floor, with ``spread`` the mean of
+    -log p over the vocabulary (N, T) else None, position weights (N, T))."""
 
     task = "nat"
 
-    def __init__(self, dim=32, layers=2, heads=4, floor=-20.0, reweight=True, spread=0.5,
-                 ngrams=0, ngram_weight=0.5):
-        super().__init__()
-        if isinstance(ngrams, bool) or not isinstance(ngrams, int) or not 0 <= ngrams <= 8:
-            raise ValueError(f"'ngrams' should be an int in [0, 8] but got {ngrams!r}")
-        self.dim, self.layers, self.heads, self.floor = dim, layers, heads, floor
-        self.reweight, self.spread = reweight, spread
-        theta = softplus_weights("ngram_weight", ngram_weight, max(ngrams, 1))
-        self.ngrams, self.ngram_weight = ngrams, float(ngram_weight)
-        self.num_features = 1 + ngrams if ngrams else 4
-        if ngrams:  # a_k = softplus(theta_k), starting at ngram_weight
-            self.theta = theta
-            return
-        self.embed = mlp([self.num_features, dim, dim])
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.out = mlp([dim, dim, 1])
-
-    def config(self):
-        config = dict(dim=self.dim, layers=self.layers, heads=self.heads, floor=self.floor,
-                      reweight=self.reweight, spread=self.spread)
-        if self.ngrams:
-            config.update(ngrams=self.ngrams, ngram_weight=self.ngram_weight)
-        return config
-
-    @property
-    def ngram_weights(self):
-        """With ``ngrams``: the weights a_k of the bag-of-n-grams distances, (ngrams,)."""
-        return nn.functional.softplus(self.theta)
-
     def features(self, pred, target, weight=None):
         """pred: (N, T, V) logits; target: (N, T) token ids; weight: (N, T), 0 at padding."""
-        return self._features(pred, target, weight)[:2]
-
-    def _features(self, pred, target, weight, spread=False):
-        """(features, unit weights, log p(target) (N, T) before the floor, with ``spread`` the mean
-        of -log p over the vocabulary (N, T) else None, position weights (N, T))."""
-        check_float("pred", pred)
-        check_ndim("pred", pred, (3,), "3-D (N, T, V) logits")
-        check_min_size("pred", pred, 2, 2, "V")
-        check_tensor("target", target)
-        check_not_bool("target", target, "integer token ids")
-        if target.shape != pred.shape[:2] or target.is_floating_point() or target.is_complex():
-            raise ValueError(f"'target' should be (N, T) = {tuple(pred.shape[:2])} token ids but "
-                             f"got {target.dtype} {tuple(target.shape)}")
-        weight = unit_weights(weight, pred, "(N, T)", "position weights (0 at padding)")
-        present = weight > 0
-        target = target.long()
-        vocabulary = pred.shape[-1]
-        # An id out of range would fail inside gather; on an accelerator checking here would wait
-        # for the device every step, so the toolkit criterion checks there (reloss.fairseq). Ids
-        # at absent positions are never read.
-        if target.device.type == "cpu" and target.numel():
-            outside = ((target < 0) | (target >= vocabulary)) & present
-            if bool(outside.any()):
-                raise ValueError(f"'target' should hold token ids in [0, {vocabulary}) (V of "
-                                 f"'pred' {tuple(pred.shape)}) but holds "
-                                 f"{sorted(set(target[outside].tolist()))[:5]}")
-        target = torch.where(present, target, torch.zeros((), dtype=target.dtype,
-                                                          device=target.device))
-        if self.ngrams:
-            return self._sentence_features(pred, target, weight, present, spread)
-        previous = torch.cat((target[:, :1], target[:, :-1]), 1)
-        following = torch.cat((target[:, 1:], target[:, -1:]), 1)
-        scores = _TokenScores.apply(upcast_half(pred), torch.stack((target, previous, following),
-                                                                   -1), True, spread, present)
-        own, previous_lp, following_lp, margin = scores[..., :4].unbind(-1)
-        # Where there is no neighbour (sentence ends, padding), read the floor.
-        floor = torch.full_like(own, self.floor)
-        none = torch.zeros_like(present[:, :1])
-        previous_lp = torch.where(torch.cat((none, present[:, :-1]), 1), previous_lp, floor)
-        following_lp = torch.where(torch.cat((present[:, 1:], none), 1), following_lp, floor)
-        features = torch.stack((own, margin, previous_lp, following_lp), -1)
-        features = torch.maximum(features, torch.full_like(features, self.floor))
-        weight = weight.to(features.dtype)
-        return features, weight, own, scores[..., 4] if spread else None, weight
-
-    def _sentence_features(self, pred, target, weight, present, spread):
-        """``_features`` of the sentence-level form: (N, 1, 1 + ngrams) features."""
-        length = target.shape[1]
-        scores = _TokenScores.apply(upcast_half(pred), target.unsqueeze(1).expand(-1, length, -1),
-                                    False, spread, present)
-        log_p = scores[..., :length]  # [i, t, s]: log p_t(target_s)
-        own = log_p.diagonal(dim1=1, dim2=2)
-        weight = weight.to(own.dtype)
-        tokens = weight.sum(-1)
-        nll = -(own * weight).sum(-1) / tokens.clamp_min(torch.finfo(own.dtype).tiny)
-        distance = bag_of_ngrams_distance(log_p, target, present, self.ngrams)
-        features = torch.cat((nll.unsqueeze(-1), distance), -1).unsqueeze(1)
-        units = (tokens > 0).to(own.dtype).unsqueeze(1)
-        return features, units, own, scores[..., -1] if spread else None, weight
-
-    def position_values(self, features, weights):
-        """The transformer's output per position, (N, T), from features (N, T, F)."""
-        positions = torch.arange(features.shape[1], device=features.device)
-        features = features.to(self.embed[0].weight.dtype)  # float64 logits: the net's dtype
-        hidden = self.embed(features) + _sinusoid(positions, self.dim).to(features.dtype)
-        # A sentence with no position at all keeps them unmasked (its value is 0 either way).
-        padding = (weights <= 0) & (weights > 0).any(-1, keepdim=True)
-        hidden = self.encoder(hidden, src_key_padding_mask=padding)
-        return self.out(hidden).squeeze(-1)
-
-    def token_weights(self, features, weights):
-        """With ``reweight``: each position's weight ``c_t`` (N, T), computed without gradient."""
-        detached = features.detach()
-        gate = torch.sigmoid(self.position_values(detached, weights))
-        return 1 + self.spread * gate * -torch.expm1(detached[..., 0])
-
-    def head(self, features, weights):
-        if self.ngrams:
-            values = features[..., 0] + features[..., 1:] @ self.ngram_weights.to(features.dtype)
-            return weighted_unit_mean(values, weights)
-        if not self.reweight:
-            return weighted_unit_mean(self.position_values(features, weights), weights)
-        return weighted_unit_mean(self.token_weights(features, weights) * -features[..., 0],
-                                  weights)
+        return self._read(pred, *_checked_sequences(pred, target, weight), False)[:2]
 
     def forward(self, pred, target, weight=None, reduction="mean"):
         """As :meth:`Surrogate.forward`, except that 'mean' weighs each sentence by its number of
@@ -299,8 +187,8 @@ class SequenceSurrogate(Surrogate):
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
                 or not 0 <= label_smoothing < 1:
             raise ValueError(f"'label_smoothing' should be in [0, 1) but got {label_smoothing!r}")
-        features, units, log_p, spread, weights = self._features(pred, target, weight,
-                                                                 spread=label_smoothing > 0)
+        features, units, log_p, spread, weights = self._read(
+            pred, *_checked_sequences(pred, target, weight), label_smoothing > 0)
         tokens = weights.sum(-1)
         total = tokens.sum().clamp_min(torch.finfo(tokens.dtype).tiny)
         nll = -(log_p.detach() * weights).sum() / total
@@ -310,6 +198,169 @@ class SequenceSurrogate(Surrogate):
             loss = (1 - label_smoothing) * value + label_smoothing * (
                 (spread * weights).sum() / total)
         return loss, value.detach(), nll
+
+
+class SequenceSurrogate(_SequenceLoss):
+    """A learned loss for non-autoregressive translation: token cross-entropy plus learned
+    bag-of-n-grams distances, independent of vocabulary and model width.
+
+    It reads whole sentences (one unit per sentence): a sentence's token cross-entropy and, for
+    k = 1 .. n, one minus the expected clipped k-gram precision of the output
+    (:func:`bag_of_ngrams_distance`), which sees repeated tokens, dropped ones and shifted
+    outputs. Its value is ``CE + sum_k a_k (1 - precision_k)`` with learned
+    ``a_k = softplus(theta_k) >= 0``: token cross-entropy plus a learned mix of the
+    bag-of-n-grams distances of Shao et al. (AAAI 2020). The target tokens score lowest (every
+    term 0 when they are sure). The default builds the shipped 'nat' form (n = 4).
+
+    Args:
+        ngrams (int): the longest n-gram n, in [1, 8].
+        ngram_weight (float): the initial a_k.
+
+    Note:
+        N sentences, T target positions, V vocabulary entries; any T and V.
+    """
+
+    def __init__(self, ngrams=4, ngram_weight=0.5):
+        super().__init__()
+        if isinstance(ngrams, bool) or not isinstance(ngrams, int) or not 1 <= ngrams <= 8:
+            raise ValueError(f"'ngrams' should be an int in [1, 8] but got {ngrams!r}")
+        self.theta = softplus_weights("ngram_weight", ngram_weight, ngrams)  # a_k = softplus
+        self.ngrams, self.ngram_weight = ngrams, float(ngram_weight)
+        self.num_features = 1 + ngrams
+
+    def config(self):
+        return dict(ngrams=self.ngrams, ngram_weight=self.ngram_weight)
+
+    @property
+    def ngram_weights(self):
+        """The weights a_k of the bag-of-n-grams distances, (ngrams,)."""
+        return nn.functional.softplus(self.theta)
+
+    def _read(self, pred, target, weight, present, spread):
+        """(N, 1, 1 + ngrams) features: one unit per sentence."""
+        length = target.shape[1]
+        scores = _TokenScores.apply(upcast_half(pred), target.unsqueeze(1).expand(-1, length, -1),
+                                    False, spread, present)
+        log_p = scores[..., :length]  # [i, t, s]: log p_t(target_s)
+        own = log_p.diagonal(dim1=1, dim2=2)
+        weight = weight.to(own.dtype)
+        tokens = weight.sum(-1)
+        nll = -(own * weight).sum(-1) / tokens.clamp_min(torch.finfo(own.dtype).tiny)
+        distance = bag_of_ngrams_distance(log_p, target, present, self.ngrams)
+        features = torch.cat((nll.unsqueeze(-1), distance), -1).unsqueeze(1)
+        units = (tokens > 0).to(own.dtype).unsqueeze(1)
+        return features, units, own, scores[..., -1] if spread else None, weight
+
+    def head(self, features, weights):
+        values = features[..., 0] + features[..., 1:] @ self.ngram_weights.to(features.dtype)
+        return weighted_unit_mean(values, weights)
+
+
+class TokenSequenceSurrogate(_SequenceLoss):
+    """A learned loss for non-autoregressive translation read per target position: token
+    cross-entropy re-weighted by a small transformer (the form before :class:`SequenceSurrogate`;
+    docs/design.md has how it trained).
+
+    Per target position t it reads the log-probability of the target token, its margin to the
+    best other token, and the log-probabilities the position gives the previous and next target
+    tokens (high when the output is shifted by one: the typical NAT repetition and length errors).
+    A small transformer encoder over the positions (sinusoidal positions, padding masked) gives a
+    value per position; a sentence's value is their mean over non-padding positions.
+
+    With ``reweight`` (the default) a position's value is ``c_t * (-log p(target))`` with
+    ``c_t = 1 + spread * g_t * (1 - p(target))``: the transformer gives the gate ``g_t`` in (0, 1),
+    computed without gradient. The gradient at each position's logits is then token
+    cross-entropy's times ``c_t`` >= 1: it points as cross-entropy's does, the target tokens are
+    the minimum (nothing to game), and the learned part can only add weight to positions that are
+    not yet right. Pretraining learns the gates by ranking. Without ``reweight`` the
+    transformer's output is the value itself (free form, the earliest design).
+
+    Args:
+        dim (int): transformer width.
+        layers (int): transformer encoder layers.
+        heads (int): attention heads.
+        floor (float): log-probabilities are read no lower than this.
+        reweight (bool): the value is the token cross-entropy with learned extra weights.
+        spread (float): with ``reweight``, the largest extra weight.
+
+    Note:
+        N sentences, T target positions, V vocabulary entries; any T and V.
+    """
+
+    num_features = 4
+
+    def __init__(self, dim=32, layers=2, heads=4, floor=-20.0, reweight=True, spread=0.5):
+        super().__init__()
+        self.dim, self.layers, self.heads, self.floor = dim, layers, heads, floor
+        self.reweight, self.spread = reweight, spread
+        self.embed = mlp([self.num_features, dim, dim])
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = mlp([dim, dim, 1])
+
+    def config(self):
+        return dict(dim=self.dim, layers=self.layers, heads=self.heads, floor=self.floor,
+                    reweight=self.reweight, spread=self.spread)
+
+    def _read(self, pred, target, weight, present, spread):
+        """(N, T, 4) features: one unit per position."""
+        previous = torch.cat((target[:, :1], target[:, :-1]), 1)
+        following = torch.cat((target[:, 1:], target[:, -1:]), 1)
+        scores = _TokenScores.apply(upcast_half(pred), torch.stack((target, previous, following),
+                                                                   -1), True, spread, present)
+        own, previous_lp, following_lp, margin = scores[..., :4].unbind(-1)
+        # Where there is no neighbour (sentence ends, padding), read the floor.
+        floor = torch.full_like(own, self.floor)
+        none = torch.zeros_like(present[:, :1])
+        previous_lp = torch.where(torch.cat((none, present[:, :-1]), 1), previous_lp, floor)
+        following_lp = torch.where(torch.cat((present[:, 1:], none), 1), following_lp, floor)
+        features = torch.stack((own, margin, previous_lp, following_lp), -1)
+        features = torch.maximum(features, torch.full_like(features, self.floor))
+        weight = weight.to(features.dtype)
+        return features, weight, own, scores[..., 4] if spread else None, weight
+
+    def position_values(self, features, weights):
+        """The transformer's output per position, (N, T), from features (N, T, F)."""
+        positions = torch.arange(features.shape[1], device=features.device)
+        features = features.to(self.embed[0].weight.dtype)  # float64 logits: the net's dtype
+        hidden = self.embed(features) + _sinusoid(positions, self.dim).to(features.dtype)
+        # A sentence with no position at all keeps them unmasked (its value is 0 either way).
+        padding = (weights <= 0) & (weights > 0).any(-1, keepdim=True)
+        hidden = self.encoder(hidden, src_key_padding_mask=padding)
+        return self.out(hidden).squeeze(-1)
+
+    def token_weights(self, features, weights):
+        """With ``reweight``: each position's weight ``c_t`` (N, T), computed without gradient."""
+        detached = features.detach()
+        gate = torch.sigmoid(self.position_values(detached, weights))
+        return 1 + self.spread * gate * -torch.expm1(detached[..., 0])
+
+    def head(self, features, weights):
+        if not self.reweight:
+            return weighted_unit_mean(self.position_values(features, weights), weights)
+        return weighted_unit_mean(self.token_weights(features, weights) * -features[..., 0],
+                                  weights)
+
+
+#: The token-level form's arguments: checkpoints of the 'SequenceSurrogate' that held both forms
+#: always saved them (and 'ngrams', 'ngram_weight' where ngrams > 0 chose the sentence form).
+_TOKEN_ARGUMENTS = ("dim", "layers", "heads", "floor", "reweight", "spread")
+
+
+def upgrade(architecture: dict) -> dict:
+    """A checkpoint's architecture as the current classes take it: one written when
+    ``SequenceSurrogate`` held both forms (it carries the token-level form's arguments) becomes
+    ``SequenceSurrogate`` with its n-gram arguments where ``ngrams`` > 0, else
+    ``TokenSequenceSurrogate`` (without ``reweight``, the first design: the free form); any other
+    passes unchanged."""
+    if architecture.get("type") != "SequenceSurrogate" or \
+            not set(_TOKEN_ARGUMENTS) & set(architecture):
+        return architecture
+    if architecture.get("ngrams"):
+        return moved_architecture(architecture, "SequenceSurrogate", _TOKEN_ARGUMENTS)
+    token = moved_architecture(architecture, "TokenSequenceSurrogate", ("ngrams", "ngram_weight"))
+    return {"reweight": False, **token}
 
 
 def sample_sequences(num_chunks, chunk_size=1, vocab_size=1000, length_range=(4, 40),
@@ -389,6 +440,7 @@ def token_cross_entropy_per_chunk(logits: torch.Tensor, targets: torch.Tensor,
 
 TASK = Task(
     name="nat", description="translation", surrogate=SequenceSurrogate,
+    variants=(TokenSequenceSurrogate,), upgrade=upgrade,
     metric=sequence_metric, metric_label="sentence BLEU",
     original_loss=token_cross_entropy_per_chunk, original_name="token cross-entropy",
     band=(40.0, 90.0), chunk_size=1,

@@ -12,8 +12,15 @@ import torch
 
 from .._validate import check_choice, check_heatmaps
 from ..metrics import pck_accuracy
-from ..rank import upcast_half
-from ..surrogate import REDUCTIONS, Surrogate, mlp, unit_weights, weighted_unit_mean
+from ..surrogate import (
+    REDUCTIONS,
+    Surrogate,
+    mlp,
+    reduce_values,
+    unit_weights,
+    upcast_half,
+    weighted_unit_mean,
+)
 from .base import Task, quality, uniform
 
 
@@ -171,11 +178,7 @@ class PoseSurrogate(Surrogate):
         values = _RegionWeightedMSE.apply(pred, extra["error"], extra["near"], extra["mse_in"],
                                           extra["mse_out"], coefficients[..., 0],
                                           coefficients[..., 1])
-        if reduction == "none":
-            return values
-        if reduction == "sum":
-            return values.sum()
-        return values.sum() / (total > 0).sum().clamp_min(1).to(values.dtype)
+        return reduce_values(values, reduction, total.squeeze(-1) > 0)
 
     def feature_gram(self, pred, target, weight=None):
         """Features, weights and the Gram matrices of the features' gradients, in closed form.

@@ -1,7 +1,7 @@
-"""Extractive question answering: QASurrogate, F1 of the decoded answer span per chunk, the
-default loss of Hugging Face QA models, synthetic start/end logits whose F1 spreads over [0, 1],
-and the Chinese reading-comprehension metrics on answer strings (CMRC 2018 F1/EM, DuReader
-ROUGE-L/BLEU-4).
+"""Extractive question answering: QASurrogate (and the forms it replaced, QARiskSurrogate and
+QAStepsSurrogate), F1 of the decoded answer span per chunk, the default loss of Hugging Face QA
+models, and synthetic start/end logits whose F1 spreads over [0, 1]. The metrics of answer
+strings (CMRC 2018, DuReader) are in :mod:`reloss.mrc_metrics`.
 
 Stored predictions: ``logits`` (M, 2, L) float (start logits, end logits), ``positions`` (M, 2)
 gold (start, end) token indices in [0, L) and ``context`` (M, L), 1 where a token belongs to the
@@ -10,18 +10,20 @@ passage (the only tokens a decoded answer may start or end on).
 from __future__ import annotations
 
 import math
-import unicodedata
-from collections import Counter
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._validate import check_float, check_ndim, check_not_bool, check_tensor
-from ..rank import upcast_half
-from ..surrogate import Surrogate, softplus_weights, weighted_unit_mean
-from .base import Task, quality, uniform
-from .cls import MonotoneSteps
+from ..surrogate import (
+    MonotoneSteps,
+    Surrogate,
+    softplus_weights,
+    upcast_half,
+    weighted_unit_mean,
+)
+from .base import Task, moved_architecture, quality, uniform
 
 #: Defaults of transformers' ``run_qa`` example (``--max_answer_length``, ``--n_best_size``).
 MAX_ANSWER_LENGTH = 30
@@ -241,40 +243,65 @@ def expected_decoded_f1(logits: torch.Tensor, positions: torch.Tensor,
     return _span_terms(logits, positions, max_answer_length)[1]
 
 
-class QASurrogate(Surrogate):
-    """A learned, non-decreasing function of tempered cross-entropies of the answer's start and
-    end.
+def _checked_logits(pred, target, weight):
+    """(logits, float16 and bfloat16 as float32; gold positions as long), after the checks every
+    form makes."""
+    check_ndim("pred", pred, (3,), "3-D (N, 2, L) start and end logits")
+    _check_spans(pred, target, weight)
+    length = pred.shape[-1]
+    # Values are read on the CPU only (on an accelerator that would wait for the device every
+    # step; the adapter clamps positions before they arrive here).
+    if target.device.type == "cpu" and target.numel() and (
+            int(target.min()) < 0 or int(target.max()) >= length):
+        raise ValueError(f"'target' should hold token indices in [0, {length}) but holds "
+                         f"[{int(target.min())}, {int(target.max())}]")
+    return upcast_half(pred), target.long()
 
-    For the start and for the end logits it reads, at each temperature T, ``u_T = T lse(z / T) -
-    z_gold`` (T = 1: the cross-entropy the default QA loss takes; small T: the hinge that decides
-    whether the arg-max is the gold token) and ``v_T = T lse(z / T) - T lse_{i in span}(z_i / T)``,
-    the same with every token of the gold answer counted right: a start or end inside the gold
-    answer still shares most of its tokens with it, which is what F1 rewards and what
-    cross-entropy ignores. It adds up learned non-decreasing functions of them
-    (:class:`~reloss.tasks.cls.MonotoneSteps`), so every feature is smallest at the gold span and
-    the loss never rises when one falls, and it may saturate on hopeless predictions.
 
-    With ``risk`` it reads instead, per question, the default loss ``(CE(start) + CE(end)) / 2``
-    and ``1 - E[F1]``, one minus the expected F1 of a span drawn from the start and end
-    distributions (:func:`expected_span_f1`), and its value is ``CE + a (1 - E[F1])`` with a
-    learned ``a = softplus(theta) >= 0``: the default loss plus a learned share of the expected
-    F1 risk. The steps are not built.
+def _start_end_cross_entropy(logits, positions):
+    """The default loss per question, (CE(start) + CE(end)) / 2: (N, 2, L), (N, 2) -> (N,)."""
+    ce = F.cross_entropy(logits.flatten(0, 1), positions.flatten(), reduction="none")
+    return ce.view(positions.shape).mean(-1)
 
-    With ``joint`` it reads the answer as the decoder does, one span scored ``z_start + z_end``
-    among the spans it may return (:func:`span_cross_entropy`, :func:`expected_decoded_f1`), and
-    its value is ``CE_span / 2 + b (CE(start) + CE(end)) / 2 + a (1 - E_span[F1])`` with learned
-    ``b, a >= 0`` (softplus): the span's cross-entropy (halved, as the default loss halves its
-    two), plus learned shares of the default loss and of the expected-F1 risk under the same
-    span distribution.
+
+def _one_unit(features):
+    """(features (N, 1, F), unit weights (N, 1)) from per-question features (N, F)."""
+    return features.unsqueeze(1), features.new_ones(features.shape[0], 1)
+
+
+class _LearnedShares(Surrogate):
+    """What the forms with learned shares have in common: a question's value is its first
+    feature plus learned weights ``softplus(theta) >= 0`` times the others."""
+
+    task = "qa"
+
+    @property
+    def risk_weights(self):
+        """The learned weights of the features after the first: :class:`QASurrogate`'s (b, a) of
+        the default loss and of ``1 - E_span[F1]``, :class:`QARiskSurrogate`'s (a,) of
+        ``1 - E[F1]``."""
+        return F.softplus(self.theta)
+
+    def head(self, features, weights):
+        values = features[..., 0] + features[..., 1:] @ self.risk_weights.to(features.dtype)
+        return weighted_unit_mean(values, weights)
+
+
+class QASurrogate(_LearnedShares):
+    """A learned loss of extractive QA that reads the answer as the decoder does: one span,
+    scored ``z_start + z_end``, among the spans the decoder may return.
+
+    Per question its value is ``CE_span / 2 + b (CE(start) + CE(end)) / 2 + a (1 - E_span[F1])``:
+    the cross-entropy of the gold span under one softmax over those spans
+    (:func:`span_cross_entropy`; halved, as the default loss halves its two), plus learned
+    shares ``b, a = softplus(theta) >= 0`` of the default loss and of the expected-F1 risk under
+    the same span distribution (:func:`expected_decoded_f1`). The gold span is the minimum (every
+    term 0 when its score dominates). The default builds the shipped 'qa' form; the forms it
+    replaced are :class:`QARiskSurrogate` and :class:`QAStepsSurrogate`.
 
     Args:
-        temperatures (sequence of float): the temperatures T, each > 0.
-        knots (int): learned steps per feature.
-        span (float): the range the steps start out spread over.
-        risk (bool): the form ``CE + a (1 - E[F1])``.
-        risk_weight (float): with ``risk`` or ``joint``, the initial a.
-        joint (bool): the form ``CE_span / 2 + b CE + a (1 - E_span[F1])``.
-        ce_weight (float): with ``joint``, the initial b.
+        ce_weight (float): the initial b.
+        risk_weight (float): the initial a.
 
     Note:
         N predictions, L tokens. ``pred`` (N, 2, L) start and end logits, ``target`` (N, 2) gold
@@ -282,80 +309,118 @@ class QASurrogate(Surrogate):
         for pretraining and not read (the loss, like the default one, takes every token).
     """
 
+    num_features = 3
+
+    def __init__(self, ce_weight=0.5, risk_weight=1.0):
+        super().__init__()
+        risk_theta = softplus_weights("risk_weight", risk_weight, 1)
+        ce_theta = softplus_weights("ce_weight", ce_weight, 1)
+        self.ce_weight, self.risk_weight = float(ce_weight), float(risk_weight)
+        self.theta = nn.Parameter(torch.cat([ce_theta, risk_theta]).detach())  # (b, a)
+
+    def config(self):
+        return dict(ce_weight=self.ce_weight, risk_weight=self.risk_weight)
+
+    def features(self, pred, target, weight=None):
+        logits, target = _checked_logits(pred, target, weight)
+        ce = _start_end_cross_entropy(logits, target)
+        span_ce, f1 = _span_terms(logits, target, MAX_ANSWER_LENGTH)
+        return _one_unit(torch.stack([span_ce / 2, ce, 1 - f1.to(ce.dtype)], -1))
+
+
+class QARiskSurrogate(_LearnedShares):
+    """The default QA loss plus a learned share of the expected-F1 risk (the 'qa' form shipped
+    before :class:`QASurrogate`).
+
+    Per question it reads the default loss ``(CE(start) + CE(end)) / 2`` and ``1 - E[F1]``, one
+    minus the expected F1 of a span drawn from the independent start and end distributions
+    (:func:`expected_span_f1`), and its value is ``CE + a (1 - E[F1])`` with a learned
+    ``a = softplus(theta) >= 0``.
+
+    Args:
+        risk_weight (float): the initial a.
+
+    Note:
+        As :class:`QASurrogate`.
+    """
+
+    num_features = 2
+
+    def __init__(self, risk_weight=1.0):
+        super().__init__()
+        self.theta = softplus_weights("risk_weight", risk_weight, 1)  # a = softplus(theta)
+        self.risk_weight = float(risk_weight)
+
+    def config(self):
+        return dict(risk_weight=self.risk_weight)
+
+    def features(self, pred, target, weight=None):
+        logits, target = _checked_logits(pred, target, weight)
+        ce = _start_end_cross_entropy(logits, target)
+        risk = 1 - expected_span_f1(logits, target).to(ce.dtype)
+        return _one_unit(torch.stack([ce, risk], -1))
+
+
+class QAStepsSurrogate(Surrogate):
+    """A learned, non-decreasing function of tempered cross-entropies of the answer's start and
+    end (the first 'qa' form shipped).
+
+    For the start and for the end logits it reads, at each temperature T, ``u_T = T lse(z / T) -
+    z_gold`` (T = 1: the cross-entropy the default QA loss takes; small T: the hinge that decides
+    whether the arg-max is the gold token) and ``v_T = T lse(z / T) - T lse_{i in span}(z_i / T)``,
+    the same with every token of the gold answer counted right: a start or end inside the gold
+    answer still shares most of its tokens with it, which is what F1 rewards and what
+    cross-entropy ignores. It adds up learned non-decreasing functions of them
+    (:class:`~reloss.surrogate.MonotoneSteps`), so every feature is smallest at the gold span and
+    the loss never rises when one falls, and it may saturate on hopeless predictions.
+
+    Args:
+        temperatures (sequence of float): the temperatures T, each > 0.
+        knots (int): learned steps per feature.
+        span (float): the range the steps start out spread over.
+
+    Note:
+        As :class:`QASurrogate`.
+    """
+
     task = "qa"
 
-    def __init__(self, temperatures=(1.0, 0.1), knots=16, span=8.0, risk=False, risk_weight=1.0,
-                 joint=False, ce_weight=0.5):
+    def __init__(self, temperatures=(1.0, 0.1), knots=16, span=8.0):
         super().__init__()
         self.temperatures = tuple(float(t) for t in temperatures)
         if not self.temperatures or min(self.temperatures) <= 0:
             raise ValueError(f"'temperatures' should be one or more numbers > 0 but got "
                              f"{temperatures!r}")
-        for name, value in (("risk", risk), ("joint", joint)):
-            if not isinstance(value, bool):
-                raise ValueError(f"'{name}' should be True or False but got {value!r}")
-        if risk and joint:
-            raise ValueError("'risk' and 'joint' are two forms: set one of them")
-        risk_theta = softplus_weights("risk_weight", risk_weight, 1)
-        ce_theta = softplus_weights("ce_weight", ce_weight, 1)
         self.knots, self.span = knots, span
-        self.risk, self.risk_weight = risk, float(risk_weight)
-        self.joint, self.ce_weight = joint, float(ce_weight)
-        if risk:  # a = softplus(theta), starting at risk_weight
-            self.num_features = 2
-            self.theta = risk_theta
-            return
-        if joint:  # (b, a) = softplus(theta), starting at (ce_weight, risk_weight)
-            self.num_features = 3
-            self.theta = nn.Parameter(torch.cat([ce_theta, risk_theta]).detach())
-            return
         self.num_features = 4 * len(self.temperatures)
         self.net = MonotoneSteps(self.num_features, knots, span)
 
     def config(self):
-        config = dict(temperatures=list(self.temperatures), knots=self.knots, span=self.span)
-        if self.risk:
-            config.update(risk=True, risk_weight=self.risk_weight)
-        if self.joint:
-            config.update(joint=True, risk_weight=self.risk_weight, ce_weight=self.ce_weight)
-        return config
-
-    @property
-    def risk_weights(self):
-        """With ``risk``: the weight a of ``1 - E[F1]``, (1,); with ``joint``: the weights (b, a)
-        of the default loss and of ``1 - E_span[F1]``, (2,)."""
-        return F.softplus(self.theta)
-
-    def head(self, features, weights):
-        if not (self.risk or self.joint):
-            return super().head(features, weights)
-        values = features[..., 0] + features[..., 1:] @ self.risk_weights.to(features.dtype)
-        return weighted_unit_mean(values, weights)
+        return dict(temperatures=list(self.temperatures), knots=self.knots, span=self.span)
 
     def features(self, pred, target, weight=None):
-        check_ndim("pred", pred, (3,), "3-D (N, 2, L) start and end logits")
-        _check_spans(pred, target, weight)
-        length = pred.shape[-1]
-        # Values are read on the CPU only (on an accelerator that would wait for the device
-        # every step; the adapter clamps positions before they arrive here).
-        if target.device.type == "cpu" and target.numel() and (
-                int(target.min()) < 0 or int(target.max()) >= length):
-            raise ValueError(f"'target' should hold token indices in [0, {length}) but holds "
-                             f"[{int(target.min())}, {int(target.max())}]")
-        logits = upcast_half(pred)
-        if self.risk or self.joint:
-            target = target.long()
-            ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-            ce = ce.view(target.shape).mean(-1)
-            if self.risk:
-                features = [ce, 1 - expected_span_f1(logits, target).to(ce.dtype)]
-            else:
-                span_ce, f1 = _span_terms(logits, target, MAX_ANSWER_LENGTH)
-                features = [span_ce / 2, ce, 1 - f1.to(ce.dtype)]
-            features = torch.stack(features, -1)
-        else:
-            features = _tempered_span_losses(logits, target.long(), self.temperatures)
-        return features.unsqueeze(1), logits.new_ones(logits.shape[0], 1)
+        logits, target = _checked_logits(pred, target, weight)
+        return _one_unit(_tempered_span_losses(logits, target, self.temperatures))
+
+
+#: What the 'QASurrogate' that held three forms read, besides the joint form's weights.
+_OLD_ARGUMENTS = ("temperatures", "knots", "span", "risk", "joint")
+
+
+def upgrade(architecture: dict) -> dict:
+    """A checkpoint's architecture as the current classes take it: one written when
+    ``QASurrogate`` held three forms (it carries ``temperatures``, ``knots`` and ``span``, and
+    ``joint`` or ``risk`` where one of them chose the form) becomes ``QASurrogate``,
+    ``QARiskSurrogate`` or ``QAStepsSurrogate`` with only that form's arguments; any other passes
+    unchanged."""
+    if architecture.get("type") != "QASurrogate" or not set(_OLD_ARGUMENTS) & set(architecture):
+        return architecture
+    if architecture.get("joint"):
+        return moved_architecture(architecture, "QASurrogate", _OLD_ARGUMENTS)
+    if architecture.get("risk"):
+        return moved_architecture(architecture, "QARiskSurrogate", (*_OLD_ARGUMENTS, "ce_weight"))
+    return moved_architecture(architecture, "QAStepsSurrogate",
+                              ("risk", "joint", "risk_weight", "ce_weight"))
 
 
 def sample_spans(num_chunks, chunk_size=32, generator=None, seq_len=128,
@@ -416,6 +481,7 @@ def sample_spans(num_chunks, chunk_size=32, generator=None, seq_len=128,
 
 TASK = Task(
     name="qa", description="extractive question answering", surrogate=QASurrogate,
+    variants=(QARiskSurrogate, QAStepsSurrogate), upgrade=upgrade,
     metric=span_f1, metric_label="span F1",
     original_loss=qa_cross_entropy, original_name="start/end cross-entropy",
     band=(0.6, 0.95), chunk_size=32,
@@ -425,162 +491,11 @@ TASK = Task(
     prediction_shapes=lambda logits: {"positions": tuple(logits.shape[:2]),
                                       "context": (logits.shape[0], logits.shape[2])},
     index_field="positions",
-    # The shipped surrogate is the joint form (QASurrogate(joint=True)): the span cross-entropy
-    # plus learned shares of the default loss and of the expected-F1 risk. It holds the default
-    # loss already, so none is added beside it (docs/qa.md).
+    # The shipped surrogate (QASurrogate) is the span cross-entropy plus learned shares of the
+    # default loss and of the expected-F1 risk. It holds the default loss already, so none is
+    # added beside it (docs/qa.md).
     default_original_weight=0.0,
     # As for classification: the gradient may fall 10x below cross-entropy's on a chunk (to
     # saturate on hopeless predictions) but rise only 1.5x above it.
     pretrain_steps=600, pretrain_tolerance=(10.0, 1.5),
 )
-
-
-# Answer strings: the metrics of Chinese reading comprehension, character-level.
-
-def _is_cjk(char):
-    return "\u4e00" <= char <= "\u9fff" or "\u3400" <= char <= "\u4dbf"
-
-
-def _is_punctuation(char):
-    return unicodedata.category(char).startswith(("P", "S"))
-
-
-def cmrc_tokens(text: str) -> list[str]:
-    """CMRC 2018's segmentation for F1: lower case, punctuation and symbols removed, each CJK
-    character a token, other text split on white space (the official script uses nltk's word
-    tokenizer there; for Chinese answers the two agree)."""
-    tokens, word = [], []
-    for char in str(text).lower().strip():
-        if _is_punctuation(char) or char.isspace() or _is_cjk(char):
-            if word:
-                tokens.append("".join(word))
-                word = []
-            if _is_cjk(char):
-                tokens.append(char)
-        else:
-            word.append(char)
-    if word:
-        tokens.append("".join(word))
-    return tokens
-
-
-def _longest_common_substring(a, b):
-    best, previous = 0, [0] * (len(b) + 1)
-    for x in a:
-        current = [0] * (len(b) + 1)
-        for j, y in enumerate(b, 1):
-            if x == y:
-                current[j] = previous[j - 1] + 1
-                best = max(best, current[j])
-        previous = current
-    return best
-
-
-def _longest_common_subsequence(a, b):
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b, 1):
-            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
-        previous = current
-    return previous[-1]
-
-
-def _check_answers(prediction, references):
-    if not isinstance(prediction, str):
-        raise TypeError(f"'prediction' should be a str but got {type(prediction).__name__}")
-    if isinstance(references, str) or not references or not all(
-            isinstance(r, str) for r in references):
-        raise ValueError(f"'references' should be a non-empty list of str answers but got "
-                         f"{references!r}")
-
-
-def cmrc_f1(prediction: str, references: list[str]) -> float:
-    """CMRC 2018 F1 of one answer: from the longest common substring of the token lists
-    (:func:`cmrc_tokens`), the best over the reference answers; in [0, 1]."""
-    _check_answers(prediction, references)
-    predicted, best = cmrc_tokens(prediction), 0.0
-    for reference in references:
-        gold = cmrc_tokens(reference)
-        common = _longest_common_substring(gold, predicted)
-        if common:
-            precision, recall = common / len(predicted), common / len(gold)
-            best = max(best, 2 * precision * recall / (precision + recall))
-    return best
-
-
-def cmrc_exact_match(prediction: str, references: list[str]) -> float:
-    """CMRC 2018 exact match: 1.0 if the answer equals a reference once lower-cased and stripped
-    of punctuation, symbols and white space, else 0.0."""
-    _check_answers(prediction, references)
-    predicted = "".join(cmrc_tokens(prediction))
-    return float(any(predicted == "".join(cmrc_tokens(r)) for r in references))
-
-
-def dureader_tokens(text: str) -> list[str]:
-    """DuReader's normalisation: the answer's characters, white space dropped."""
-    return [char for char in str(text) if not char.isspace()]
-
-
-def rouge_l(prediction: str, references: list[str], beta: float = 1.2) -> float:
-    """DuReader's ROUGE-L of one answer, on characters: the longest common subsequence gives a
-    precision and a recall per reference; the best of each over the references combine as
-    ``(1 + beta^2) P R / (R + beta^2 P)``. In [0, 1]."""
-    _check_answers(prediction, references)
-    predicted = dureader_tokens(prediction)
-    if not predicted:
-        return 0.0
-    precision = recall = 0.0
-    for reference in references:
-        gold = dureader_tokens(reference)
-        common = _longest_common_subsequence(gold, predicted)
-        precision = max(precision, common / len(predicted))
-        recall = max(recall, common / len(gold) if gold else 0.0)
-    if precision == 0 or recall == 0:
-        return 0.0
-    return (1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision)
-
-
-def corpus_bleu4(predictions: list[str], references: list[list[str]]) -> float:
-    """DuReader's BLEU-4, on characters, over a whole set of answers (coco-caption's scorer):
-    n-gram counts clipped by their largest count in any reference, summed over answers, the
-    geometric mean of the 1- to 4-gram precisions, no smoothing, and a brevity penalty
-    ``exp(1 - r / c)`` from the total answer length c and the total of each answer's closest
-    reference length r (the shorter on a tie). In [0, 1]."""
-    if len(predictions) != len(references):
-        raise ValueError(f"'predictions' and 'references' should have the same length but got "
-                         f"{len(predictions)} and {len(references)}")
-    matched, total = [0] * 4, [0] * 4
-    candidate_length = reference_length = 0
-    for prediction, answers in zip(predictions, references, strict=True):
-        _check_answers(prediction, answers)
-        predicted = dureader_tokens(prediction)
-        golds = [dureader_tokens(a) for a in answers]
-        candidate_length += len(predicted)
-        reference_length += min((abs(len(g) - len(predicted)), len(g)) for g in golds)[1]
-        for n in range(1, 5):
-            counts = Counter(tuple(predicted[i:i + n]) for i in range(len(predicted) - n + 1))
-            most = Counter()
-            for gold in golds:
-                most |= Counter(tuple(gold[i:i + n]) for i in range(len(gold) - n + 1))
-            matched[n - 1] += sum(min(c, most[g]) for g, c in counts.items())
-            total[n - 1] += max(len(predicted) - n + 1, 0)
-    if min(matched) == 0:
-        return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matched, total, strict=True)) / 4
-    brevity = min(0.0, 1 - reference_length / candidate_length)
-    return math.exp(log_precision + brevity)
-
-
-def answer_scores(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    """The four figures of a set of answers, in percent: CMRC 2018 EM and F1, DuReader ROUGE-L
-    and BLEU-4 (the first three averaged over questions, BLEU-4 over the corpus)."""
-    if not predictions or len(predictions) != len(references):
-        raise ValueError(f"'predictions' and 'references' should be non-empty and of the same "
-                         f"length but got {len(predictions)} and {len(references)}")
-    count = len(predictions)
-    pairs = list(zip(predictions, references, strict=True))
-    return {"EM": 100 * sum(cmrc_exact_match(p, r) for p, r in pairs) / count,
-            "F1": 100 * sum(cmrc_f1(p, r) for p, r in pairs) / count,
-            "ROUGE-L": 100 * sum(rouge_l(p, r) for p, r in pairs) / count,
-            "BLEU-4": 100 * corpus_bleu4(predictions, references)}

@@ -354,7 +354,7 @@ def store_predictions(path, loss_fn, seeds, name="default", count=256, quick=Fal
     """Train a NAT per seed in the regime ``name`` with ``loss_fn`` and store its gold-length
     logits on the first ``count`` training pairs (never the test pairs) at every tenth of
     training, as a prediction file of reloss/predictions.py (one group per snapshot) for
-    ``tools/pretrain_surrogate.py --data``. Returns the final test BLEU per seed."""
+    ``reloss pretrain --data``. Returns the final test BLEU per seed."""
     (source, target), _ = data(regime(REGIMES, name).options["pair"])
     source, target = source[:count], target[:count]
     logits, targets = [], []

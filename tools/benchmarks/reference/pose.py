@@ -23,7 +23,7 @@ The network outputs (N, 5, 16, 16) heatmaps (stride 2); targets are mmpose-style
 when the argmax is the target's own pixel. Adam with a cosine schedule, 3 epochs of batch 32.
 
 Run as a script, it stores predictions of nets along their training (on images the benchmark
-never uses) for ``tools/pretrain_surrogate.py --data``:
+never uses) for ``reloss pretrain --data``:
 
     python -m tools.benchmarks.reference.pose --out work_dirs/pose/predictions_mse.pt
     python -m tools.benchmarks.reference.pose --checkpoint DIR/surrogate.pt --out FILE.pt
@@ -292,7 +292,7 @@ def run(name, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None, b
 def store_predictions(path, loss_fn, seeds, count=256, data_seed=1):
     """Train a net per seed with ``loss_fn`` and store its heatmaps on ``count`` images generated
     from ``data_seed`` (not the benchmark's data) at every tenth of training, as a prediction file
-    of reloss/predictions.py (one group per snapshot) for ``tools/pretrain_surrogate.py --data``."""
+    of reloss/predictions.py (one group per snapshot) for ``reloss pretrain --data``."""
     images, targets, weights = generate(count, torch.Generator().manual_seed(data_seed))
     snapshots = []
 

@@ -13,7 +13,7 @@ The model is transformers' ``BertForQuestionAnswering`` built in-process from a 
 The loss sees ``pred`` (N, 2, L) start and end logits, ``target`` (N, 2) gold (start, end) token
 indices and ``weight`` (N, L) the passage mask (what the ``qa`` surrogate takes; neither it nor
 the default loss reads the mask). The metric is dev F1 in % as CMRC 2018 scores it
-(``reloss.tasks.qa.cmrc_f1``): the answer string decoded from the logits as transformers'
+(``reloss.mrc_metrics.cmrc_f1``): the answer string decoded from the logits as transformers'
 ``run_qa`` does (``reloss.tasks.qa.best_spans``: 20 best starts and ends, at most 30 tokens,
 inside the passage), scored by characters against the reference answer.
 
@@ -24,7 +24,7 @@ nothing in 30-90 s (dev F1 stays at an untrained model's), so no regime has them
 on 192 questions for 2 epochs and scores 48 dev questions.
 
 Run as a script, it stores the start and end logits of models along their training (on training
-questions, never the dev ones) for ``tools/pretrain_surrogate.py --data``:
+questions, never the dev ones) for ``reloss pretrain --data``:
 
     python -m tools.benchmarks.reference.qa --out work_dirs/qa/preds_ce_proxy.pt --regime proxy
     python -m tools.benchmarks.reference.qa --checkpoint DIR/surrogate.pt --out FILE.pt \
@@ -35,7 +35,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from reloss.tasks.qa import best_spans, cmrc_f1
+from reloss.mrc_metrics import cmrc_f1
+from reloss.tasks.qa import best_spans
 from tools.benchmarks.reference import (
     Regime,
     checkpoint_loss,
@@ -229,7 +230,7 @@ def store_predictions(path, loss_fn, seeds, name="proxy", count=256, quick=False
     """Train a tiny BERT per seed in the regime ``name`` with ``loss_fn`` and store its start and
     end logits on the first ``count`` training questions (never the dev ones) at every tenth of
     training, as a prediction file of reloss/predictions.py (one group per snapshot) for
-    ``tools/pretrain_surrogate.py --data``. Returns the final dev F1 per seed."""
+    ``reloss pretrain --data``. Returns the final dev F1 per seed."""
     logits_, positions, contexts = [], [], []
 
     @torch.no_grad()
