@@ -12,8 +12,9 @@ from mmpretrain.registry import MODELS  # noqa: E402
 
 import reloss  # noqa: E402
 import reloss.mmpretrain  # noqa: E402,F401  (registers ReLossCls, ResNetCIFARPaper)
+from reloss.cli import collect  # noqa: E402
 from reloss.predictions import load_predictions  # noqa: E402
-from tools import collect_predictions, train  # noqa: E402
+from tools import train  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -262,22 +263,22 @@ def test_project_configs_load_and_build(path):
         assert model.head.num_classes == classes
 
 
-def test_collect_predictions_feeds_pretraining(image_root, tmp_path, capsys):
-    """The loop of the paper: train with cross-entropy, collect the model's predictions, then
-    they load as stored predictions for tools/pretrain_surrogate.py --data."""
+def test_collected_predictions_feed_pretraining(image_root, tmp_path, capsys):
+    """The loop of the paper: train with cross-entropy, collect the model's predictions
+    (reloss collect-predictions), then they load as stored predictions for reloss pretrain
+    --data."""
     extra = RESNET20.replace("loss=dict(type='ReLossCls')", "loss=dict(type='CrossEntropyLoss')")
     config = write_config(tmp_path / "cfg.py", image_root, extra=extra)
     train.main([config, "--work-dir", str(tmp_path / "run")])
     out = tmp_path / "preds.pt"
-    data = collect_predictions.main([config, str(tmp_path / "run" / "epoch_1.pth"),
-                                     "--out", str(out), "--group", "1"])
+    data = collect.main([config, str(tmp_path / "run" / "epoch_1.pth"), "--out", str(out),
+                         "--group", "1"])
     assert data["logits"].shape == (20, 10) and data["labels"].shape == (20,)
     assert "wrote 20 predictions of 10 classes" in capsys.readouterr().out
     chunks = load_predictions(str(out), "cls", 8, torch.Generator().manual_seed(0))
     assert [tuple(pred.shape) for pred, _, _ in chunks] == [(2, 8, 10)]  # 20 -> 2 chunks of 8
     with pytest.raises(SystemExit):
-        collect_predictions.main([config, str(tmp_path / "run" / "epoch_1.pth"),
-                                  "--out", str(out)])
+        collect.main([config, str(tmp_path / "run" / "epoch_1.pth"), "--out", str(out)])
     assert "pass --force" in capsys.readouterr().err
 
 

@@ -1,5 +1,6 @@
 import json
 import os
+import shlex
 import shutil
 
 import pytest
@@ -7,9 +8,9 @@ import torch
 
 import reloss
 from reloss import checkpoint, pretrain
+from reloss.cli import pretrain as pretrain_command
 from reloss.predictions import load_predictions
 from reloss.tasks import TASKS
-from tools import pretrain_surrogate
 from tools.benchmarks import digits_predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +71,7 @@ def test_pretraining_learns_and_is_reproducible(tmp_path):
 
 
 def run_tool(args):
-    return pretrain_surrogate.main(args)
+    return pretrain_command.main(args)
 
 
 TINY = ["--train-chunks", "200", "--steps", "20", "--chunks-per-step", "64", "--eval-every", "10"]
@@ -79,9 +80,11 @@ TINY = ["--train-chunks", "200", "--steps", "20", "--chunks-per-step", "64", "--
 def test_tool_writes_outputs_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     card = run_tool(["--task", "cls", "--out", str(out)] + TINY)
-    for name in pretrain_surrogate.OUTPUTS:
+    for name in pretrain_command.OUTPUTS:
         assert (out / name).stat().st_size > 0
     assert card["sha256"] == checkpoint.sha256_file(out / "surrogate.pt")
+    assert card["command"] == "reloss pretrain " + shlex.join(["--task", "cls", "--out", str(out)]
+                                                              + TINY)
     assert set(card["results"]["held-out synthetic"]) == {"surrogate", "baseline"}
     assert "Spearman(-loss, accuracy)" in capsys.readouterr().out
     loaded = reloss.load_surrogate(str(out / "surrogate.pt"))
@@ -130,6 +133,9 @@ def test_tool_learns_a_user_metric(tmp_path, monkeypatch):
     (["--metric", "my_metrics:one_value"], "one value per chunk"),
     (["--data", "absent.pt"], "'absent.pt': no such file"),
     (["--arch", "width=3"], "--arch: "),
+    (["--arch", "type=PoseSurrogate"], "--arch: 'type' should be a 'cls' surrogate class "
+                                       "(ClassificationSurrogate) but got 'PoseSurrogate'"),
+    (["--arch", "temperatures=[0]"], "--arch: 'temperatures' should be one or more numbers > 0"),
 ])
 def test_tool_rejects_bad_arguments(tmp_path, monkeypatch, capsys, args, message):
     (tmp_path / "my_metrics.py").write_text(MACRO_F1)
@@ -152,7 +158,7 @@ def test_relabel_adds_k_copies_of_each_training_chunk():
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randn(3, 8, 5), torch.randint(5, (3, 8)), None) for _ in range(2)]
     for copies in (0, 1, 3):
-        out = pretrain_surrogate.relabelled(batches, copies, task, generator)
+        out = pretrain_command.relabelled(batches, copies, task, generator)
         assert len(out) == len(batches) * (copies + 1)
         assert all(a is b for a, b in zip(out[:2], batches, strict=True))
         for logits, labels, _ in out[2:]:
@@ -222,7 +228,7 @@ def test_shipped_checkpoints_are_verified(tmp_path):
         with open(os.path.join(checkpoint.CHECKPOINT_DIR, f"{name}.json"), encoding="utf-8") as f:
             card = json.load(f)
         assert card["sha256"] == entry["sha256"]
-        assert card["command"].startswith(("python tools/pretrain_surrogate.py",
+        assert card["command"].startswith(("reloss pretrain", "python tools/pretrain_surrogate.py",
                                            "python -m tools.pretrain_surrogate"))
 
     # A copy that was altered after its card was written is refused.
@@ -310,3 +316,14 @@ def test_shipped_classification_surrogate_ranks_a_real_model_as_cross_entropy_do
     # a real model's predictions much as the cross-entropy does: 0.975 against 0.975 here).
     assert figures["surrogate"]["full"] >= figures["baseline"]["full"] - 0.01, figures
     assert figures["surrogate"]["band"] >= figures["baseline"]["band"] - 0.01, figures
+
+
+def test_tool_learns_another_surrogate_class_of_the_task(tmp_path):
+    """--arch type=CLASS picks one of the task's other surrogate forms; its card and checkpoint
+    name that class, and the checkpoint loads into it."""
+    card = run_tool(["--task", "qa", "--out", str(tmp_path / "risk"), "--steps", "2",
+                     "--train-chunks", "32", "--chunks-per-step", "16", "--eval-every", "1",
+                     "--arch", "type=QARiskSurrogate", "risk_weight=2"])
+    assert card["architecture"] == dict(type="QARiskSurrogate", risk_weight=2.0)
+    loaded = reloss.load_surrogate(str(tmp_path / "risk" / "surrogate.pt"))
+    assert type(loaded).__name__ == "QARiskSurrogate"

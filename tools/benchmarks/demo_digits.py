@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from tools import collect_predictions
+from reloss.cli import collect
 from tools.benchmarks import experiment
 
 ARMS = {"cross-entropy": "dict(type='CrossEntropyLoss')", "ReLossCls": "dict(type='ReLossCls')"}
@@ -83,8 +83,7 @@ def ranking(config, work_dir, epochs, surrogate):
     cfg = Config.fromfile(config)
     logits, labels, groups = [], [], []
     for epoch in range(1, epochs + 1):
-        x, y = collect_predictions.collect(cfg, os.path.join(work_dir, f"epoch_{epoch}.pth"),
-                                           "val", "cpu")
+        x, y = collect.collect(cfg, os.path.join(work_dir, f"epoch_{epoch}.pth"), "val", "cpu")
         logits.append(x), labels.append(y), groups.append(torch.full_like(y, epoch))
     path = os.path.join(work_dir, "val_predictions.pt")
     torch.save(dict(task="cls", logits=torch.cat(logits), labels=torch.cat(labels),
@@ -128,10 +127,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs should be positive but got {args.epochs}")
-    all_runs = experiment.runs(ARMS, experiment.seeds(args))
-    outputs = [*experiment.RESULTS, "data"] + [name for run in all_runs
-                                               for name in (run.tag, f"{run.tag}.py")]
-    experiment.check_args(parser, args, outputs)
+    all_runs = experiment.seed_runs(parser, args, ARMS, ["data"], configs=True)
     import reloss
 
     started = time.time()
@@ -178,7 +174,7 @@ def main(argv=None):
     experiment.report(args.out, heading, text, record, started,
                       f"each run's config is {args.out}/<run>.py, its checkpoints and full log "
                       f"(console.log) are in {args.out}/<run>/, e.g. {all_runs[0].tag}/")
-    return dict(curves={name: [run["curve"] for run in runs] for name, runs in curves.items()},
+    return dict(curves=experiment.seed_curves(curves),
                 rankings=rankings, paired=paired)
 
 

@@ -4,7 +4,7 @@ scikit-learn ships the digits data (1,797 8x8 images, 10 classes; no download). 
 trained with cross-entropy and plain SGD on one half; its logits on the other half are stored
 after several epochs, from chance level to a trained model's, in the stored-predictions schema
 of ``reloss.predictions`` (task 'cls', group = epoch), ready for
-``tools/evaluate_surrogate.py cls --data FILE`` or ``tools/pretrain_surrogate.py --data FILE``.
+``reloss evaluate cls --data FILE`` or ``reloss pretrain --data FILE``.
 
     python -m tools.benchmarks.digits_predictions --out work_dirs/digits_predictions.pt
 """

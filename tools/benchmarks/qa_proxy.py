@@ -121,15 +121,15 @@ def ranking(paths, out, checkpoint):
     import torch
 
     import reloss
-    from tools import evaluate_surrogate
-    from tools.pretrain_surrogate import table as ranking_table
+    from reloss.cli.evaluate import evaluate
+    from reloss.cli.pretrain import table as ranking_table
 
     parts = [torch.load(path, weights_only=True) for path in paths]
     pooled = {key: torch.cat([p[key] for p in parts]) for key in ("logits", "positions", "context")}
     pooled["group"] = torch.cat([p["group"] + 1000 * i for i, p in enumerate(parts)])
     torch.save(dict(pooled, task="qa"), out)
     surrogate = reloss.load_surrogate(checkpoint)
-    figures = evaluate_surrogate.evaluate(surrogate, out)
+    figures = evaluate(surrogate, out)
     return ranking_table([("dev predictions of the default-loss runs", figures)],
                          reloss.get_task("qa"), reloss.get_task("qa").band,
                          reloss.get_task("qa").metric_name), figures
@@ -179,9 +179,7 @@ def main(argv=None):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} should be positive but got "
                          f"{getattr(args, name)}")
-    all_runs = experiment.runs(ARMS, experiment.seeds(args))
-    outputs = [*experiment.RESULTS, "data", "dev_logits.pt"] + [run.tag for run in all_runs]
-    experiment.check_args(parser, args, outputs)
+    all_runs = experiment.seed_runs(parser, args, ARMS, ["data", "dev_logits.pt"])
     started = time.time()
     print(f"[reloss] a tiny BERT on generated Chinese extractive QA, {' against '.join(ARMS)}: "
           f"{args.seeds} seed(s) each, {args.epochs} epoch(s) a run", flush=True)
@@ -231,7 +229,7 @@ def main(argv=None):
     experiment.report(args.out, heading, text, record, started,
                       f"each run's predictions and metrics are in {args.out}/<run>/, e.g. "
                       f"{all_runs[0].tag}/")
-    return {name: [run["curve"] for run in runs] for name, runs in curves.items()}
+    return experiment.seed_curves(curves)
 
 
 if __name__ == "__main__":
