@@ -1,5 +1,6 @@
-"""The documentation stays true: every ```python block of the README, of docs/*.md and of the
-projects' READMEs runs, and every relative link points at a file (and heading) that exists.
+"""The documentation stays true: every ```python block of the README, of docs/*.md, of the projects'
+READMEs and of tools/README.md runs, and every relative link points at a file (and heading) that
+exists.
 
 Each block is one test, with an id like ``README.md:57`` (the line of its opening fence). It is
 executed in a fresh namespace with a temporary directory as the working directory, so a snippet
@@ -18,7 +19,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = sorted({os.path.relpath(p, ROOT) for pattern in ("README.md", "docs/*.md",
-                                                          "projects/*/README.md")
+                                                          "projects/*/README.md", "tools/README.md")
                 for p in glob.glob(os.path.join(ROOT, pattern))})
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
 SLOW_MARK = "<!-- slow -->"

@@ -13,14 +13,11 @@ if (( $# < 2 )); then
 fi
 NPROC=$1
 shift
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 PYTHON=${PYTHON:-python}
 # bash -c expands RANK, LOCAL_RANK and WORLD_SIZE in each process that torchrun starts.
-exec "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" \
-    --master_addr="$MASTER_ADDR" --nproc_per_node="$NPROC" --master_port="$PORT" --no-python \
+exec "$PYTHON" -m torch.distributed.run --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
+    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}" \
+    --nproc_per_node="$NPROC" --no-python \
     bash -c 'exec "$0" -m fairseq_cli.train "$@" --distributed-init-method env:// \
         --distributed-no-spawn --distributed-world-size "$WORLD_SIZE" \
         --distributed-rank "$RANK" --device-id "$LOCAL_RANK"' "$PYTHON" "$@"

@@ -4,7 +4,8 @@ translation proxies and the training benchmark.
 - :func:`parser`: ``--out``, ``--force``, ``--seeds`` and ``--first-seed``; :func:`check_args`
   validates them and applies the one overwrite rule: a run refuses an ``--out`` that already
   holds any output it would write, unless ``--force`` asks to replace them.
-- :func:`runs` and :func:`run_all`: every (seed, arm), each with its own progress bar.
+- :func:`runs`, :func:`seed_runs` and :func:`run_all`: every (seed, arm), each with its own
+  progress bar.
 - :func:`quiet` and :func:`train_mmengine`: a run's console output, warnings and log records go to
   its log file instead of the terminal.
 - :func:`paired`: the per-seed paired difference of an arm against the baseline.
@@ -105,6 +106,17 @@ class Run:
 def runs(arms, seed_list):
     """Every (seed, arm), seed by seed, so that the arms of a seed finish together."""
     return [Run(arm, seed) for seed in seed_list for arm in arms]
+
+
+def seed_runs(parser, args, arms, outputs, configs=False):
+    """The runs of ``arms`` over the seeds of ``args``, after :func:`check_args` for what they
+    write to ``--out``: :data:`RESULTS`, ``outputs`` and each run's folder (and, with
+    ``configs``, its config file ``<run>.py``)."""
+    all_runs = runs(arms, seeds(args))
+    per_run = [name for run in all_runs
+               for name in ((run.tag, f"{run.tag}.py") if configs else (run.tag,))]
+    check_args(parser, args, [*RESULTS, *outputs, *per_run])
+    return all_runs
 
 
 def run_all(all_runs, train, describe, jobs=1):
@@ -281,6 +293,11 @@ def mean_std(values, digits=2):
     values = list(values)
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.{digits}f} +- {spread:.{digits}f}"
+
+
+def seed_curves(curves):
+    """{arm: [each seed's curve]} from {arm: [dict(seed=..., curve=...), ...]}."""
+    return {arm: [run["curve"] for run in runs] for arm, runs in curves.items()}
 
 
 def _version(name):

