@@ -328,6 +328,38 @@ def test_nat_proxy_runs_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_nat_proxy_on_tatoeba_with_the_anchor(tmp_path, capsys):
+    """nat_proxy --data tatoeba, a few updates: Tatoeba zh-en from the data cache (fetched if
+    empty), a dictionary per language, the fixed-weight bag-of-n-grams anchor as reloss_nat with
+    weights fixed at W, sacrebleu on detokenised English over the whole test set."""
+    import json
+
+    from tools.benchmarks import nat_proxy
+
+    out = tmp_path / "proxy"
+    runs = nat_proxy.main(["--data", "tatoeba", "--vocab", "300", "--out", str(out), "--seeds",
+                           "1", "--updates", "3", "--criteria", "nat_loss", "bon:0.3"])
+    assert set(runs) == {"nat_loss", "bon:0.3"}
+    for (run,) in runs.values():
+        assert 0 <= run["bleu"] <= 100 and run["log"][-1]["num_updates"] == 3
+    assert {"dict.zh.txt", "dict.en.txt"} <= set(os.listdir(out / "data-bin"))
+    anchor = reloss.load_surrogate(str(out / "anchors" / "bon_0.3.pt"))
+    assert type(anchor) is reloss.SequenceSurrogate
+    torch.testing.assert_close(anchor.ngram_weights, torch.full((4,), 0.3))
+    record = json.loads((out / "results.json").read_text())
+    assert record["score"] == "BLEU (sacrebleu, detokenised)" and record["width"] == 128
+    assert record["corpus"]["counts"]["test"] == 1000
+    assert "| bon:0.3 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        nat_proxy.main(["--data", "tatoeba", "--criteria", "nat_loss", "bon:x", "--out",
+                        str(tmp_path / "other")])
+    assert "'bon:W' takes a weight W in (0, 1000)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        nat_proxy.main(["--distill", "--out", str(tmp_path / "other")])
+    assert "--distill needs --data tatoeba" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_user_dir_from_an_installed_wheel_trains(built_wheel, data_bin, tmp_path):
     """A fresh environment with the wheel installed (and the host toolkits of this one): the path
     that reloss.fairseq_user_dir() gives lies in that environment and fairseq-train accepts it."""

@@ -100,9 +100,11 @@ TEACHER = (
     "--max-update {updates} --seed 1 --cpu --num-workers 0 --data-buffer-size 0 "
     "--disable-validation --no-epoch-checkpoints --save-interval 100000 "
     "--log-format json --log-interval {interval}")
-#: How the teacher translates (the training set, to distil it, and the test set, to score it).
+#: How the teacher translates (the training set, to distil it, and the test set, to score it);
+#: the user dir lets torch >= 2.6 load fairseq's checkpoints.
 TEACHER_GENERATE = ("--task translation --beam 4 --batch-size 128 --max-len-a 1.5 --max-len-b 5 "
-                    "--cpu")
+                    "--required-batch-size-multiple 1 --num-workers 0 --data-buffer-size 0 "
+                    "--cpu --user-dir " + USER_DIR)
 
 
 def bin_dir(name):
@@ -206,8 +208,9 @@ def distil(out, text, data_bin, languages, updates, env):
     """Sequence-level knowledge distillation (Kim and Rush, 2016), as fairseq's NAT recipe
     trains on: a teacher transformer trained on ``data_bin`` translates the training sources;
     writes DIR/distill/{train,test}.* (its translations as training targets, the real test set)
-    and binarises them with ``data_bin``'s dictionaries into DIR/data-bin-distill. Returns
-    (that folder, the teacher's test BLEU: sacrebleu on detokenised text)."""
+    and binarises them with ``data_bin``'s dictionaries into DIR/data-bin-distill. A sentence
+    fairseq-generate leaves out keeps its real target. Returns (that folder, dict(bleu=the
+    teacher's test BLEU, sacrebleu on detokenised text, kept=how many real targets stayed))."""
     teacher = os.path.join(out, "teacher")
     os.makedirs(teacher)
     recipe = TEACHER.format(updates=updates, warmup=max(updates // 8, 1),
@@ -224,21 +227,20 @@ def distil(out, text, data_bin, languages, updates, env):
         translations[subset] = hypotheses(log)
     folder = os.path.join(out, "distill")
     os.makedirs(folder)
-    with open(os.path.join(text, f"train.{source}"), encoding="utf-8") as f:
-        count = sum(1 for _ in f)
-    if len(translations["train"]) != count:
-        raise RuntimeError(f"the teacher translated {len(translations['train'])} of {count} "
-                           f"training sentences: see {teacher}/generate_train.log")
+    with open(os.path.join(text, f"train.{target}"), encoding="utf-8") as f:
+        real = f.read().splitlines()
+    kept = sum(i not in translations["train"] for i in range(len(real)))
     shutil.copy(os.path.join(text, f"train.{source}"), os.path.join(folder, f"train.{source}"))
     with open(os.path.join(folder, f"train.{target}"), "w", encoding="utf-8") as f:
-        f.writelines(translations["train"][i] + "\n" for i in range(count))
+        f.writelines(translations["train"].get(i, line) + "\n" for i, line in enumerate(real))
     for language in languages:
         shutil.copy(os.path.join(text, f"test.{language}"), os.path.join(folder,
                                                                        f"test.{language}"))
     distilled = os.path.join(out, "data-bin-distill")
     preprocess(folder, distilled, os.path.join(out, "preprocess-distill.log"), languages,
                joined=False, dictionaries=data_bin)
-    return distilled, sacrebleu_score(translations["test"], references(text, target))
+    return distilled, dict(bleu=sacrebleu_score(translations["test"], references(text, target)),
+                           kept=kept)
 
 
 def hypotheses(log):
@@ -396,14 +398,15 @@ def main(argv=None):
     print(f"[reloss] binarised {pairs[0]} training and {pairs[1]} test pairs into {data_bin}",
           flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    teacher_bleu = None
+    teacher = None
     if args.distill:
         print(f"[reloss] training the teacher transformer ({args.teacher_updates} updates) and "
               f"translating the training set with it", flush=True)
-        data_bin, teacher_bleu = distil(args.out, text_dir, data_bin, languages,
-                                        args.teacher_updates, env)
-        print(f"[reloss] teacher: test BLEU {teacher_bleu:.2f}; distilled training set in "
-              f"{data_bin}", flush=True)
+        data_bin, teacher = distil(args.out, text_dir, data_bin, languages, args.teacher_updates,
+                                   env)
+        print(f"[reloss] teacher: test BLEU {teacher['bleu']:.2f}; distilled training set in "
+              f"{data_bin} ({teacher['kept']} real targets kept where fairseq-generate left a "
+              f"sentence out)", flush=True)
     anchors = {name: write_anchor(os.path.join(args.out, "anchors"), weight)
                for name, (_, weight) in specs.items() if weight is not None}
 
@@ -454,13 +457,12 @@ def main(argv=None):
     heading = (f"fairseq NAT (width {args.width}, 2+2 layers) on {described} ({pairs[0]} training "
                f"and {pairs[1]} test pairs), {args.updates} updates, {args.seeds} seed(s) per "
                f"criterion (the same seeds for all)"
-               + (f"; the teacher's test BLEU {teacher_bleu:.2f}" if args.distill else "") + ":")
+               + (f"; the teacher's test BLEU {teacher['bleu']:.2f}" if teacher else "") + ":")
     surrogates = ["nat"] if "reloss_nat" in args.criteria else []
     record = dict(runs=runs, paired={name: p.as_dict() for name, p in paired.items()},
                   seeds=list(experiment.seeds(args)), updates=args.updates, data=args.data,
                   width=args.width, score=score, distill=args.distill,
-                  teacher=dict(updates=args.teacher_updates, bleu=teacher_bleu)
-                  if args.distill else None,
+                  teacher=dict(updates=args.teacher_updates, **teacher) if teacher else None,
                   corpus=dict(vocab=args.vocab, counts=corpus["counts"],
                               vocabulary=corpus["vocab"]) if corpus else None,
                   fairseq_args=args.fairseq_args, seconds=round(time.time() - started, 1),
