@@ -273,3 +273,17 @@ def test_entry_points_run_by_path_and_as_modules(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tools.benchmarks.nat_proxy", "--help"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "--first-seed" in done.stdout, done.stderr[-2000:]
+
+
+def test_report_writes_the_tables_and_the_record_with_its_time(tmp_path, capsys):
+    import time
+
+    paired = {"reloss": {"bleu": experiment.paired({0: 1.0, 1: 2.0}, {0: 1.5, 1: 2.0})}}
+    record = dict(paired=experiment.paired_dicts(paired))
+    experiment.report(str(tmp_path), "Heading:", "| a |", record, time.time() - 3.0, "runs here")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert 3.0 <= saved["seconds"] < 60 and "seconds" not in record
+    assert saved["paired"]["reloss"]["bleu"]["differences"] == [0.5, 0.0]
+    assert (tmp_path / "results.md").read_text() == "Heading:\n\n| a |"
+    out = capsys.readouterr().out
+    assert "Heading:\n| a |" in out and "runs here" in out

@@ -327,6 +327,26 @@ def test_nat_proxy_runs_end_to_end(tmp_path, capsys):
     assert f"--out {out} already holds results.md" in capsys.readouterr().err
 
 
+def test_nat_proxy_table_pairs_the_learned_weights_with_each_anchor():
+    """The proxy's table: each criterion against the first, seed by seed, and reloss_nat against
+    every fixed-weight anchor it learns its weights against."""
+    from tools.benchmarks import nat_proxy
+
+    def runs_of(bleus):
+        return [dict(seed=seed, bleu=b, length_match=0.5,
+                     log=[dict(num_updates=10, length=1.0, nll_loss=2.0)])
+                for seed, b in enumerate(bleus)]
+
+    runs = {"nat_loss": runs_of([4.0, 5.0, 3.0]), "reloss_nat": runs_of([5.0, 5.5, 3.5]),
+            "bon:0.3": runs_of([4.5, 5.5, 3.0])}
+    text, paired = nat_proxy.table(runs, updates=10)
+    assert paired["reloss_nat"].differences == [1.0, 0.5, 0.5]
+    assert paired["reloss_nat - bon:0.3"].differences == [0.5, 0.0, 0.5]
+    assert "reloss_nat minus bon:0.3, paired by seed: +0.33 +- 0.17" in text
+    _, without = nat_proxy.table({"nat_loss": runs["nat_loss"], "bon:1": runs["bon:0.3"]}, 10)
+    assert set(without) == {"bon:1"}
+
+
 @pytest.mark.slow
 def test_nat_proxy_on_tatoeba_with_the_anchor(tmp_path, capsys):
     """nat_proxy --data tatoeba, a few updates: Tatoeba zh-en from the data cache (fetched if

@@ -2,9 +2,13 @@ import numpy as np
 import pytest
 import sacrebleu
 import torch
+import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from reloss import metrics
-from reloss.tasks import cls, nat, pose
+import reloss
+from reloss import metrics, pretrain
+from reloss.cli import pretrain as pretrain_command
+from reloss.tasks import TASKS, cls, nat, pose
 
 
 def seeded(seed):
@@ -296,3 +300,99 @@ def test_samplers_are_deterministic(sampler, arguments):
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(first[0], other[0])
+
+
+def long_tail_chunks(generator, chunks=200, size=12, classes=6):
+    """Chunks whose labels follow a long tail (some classes missing from a chunk) and whose
+    logits are right about half the time: (S, N, C) logits and (S, N) labels."""
+    prior = torch.tensor([0.5 ** c for c in range(classes)])
+    labels = torch.multinomial(prior, chunks * size, replacement=True,
+                               generator=generator).view(chunks, size)
+    logits = torch.randn(chunks, size, classes, generator=generator)
+    right = torch.rand(chunks, size, generator=generator) < 0.5
+    logits += 3 * F.one_hot(labels, classes) * right.unsqueeze(-1)
+    return logits, labels
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true",
+                            "ignore:A single label was found in 'y_true' and 'y_pred'")
+@pytest.mark.parametrize("name, reference", [
+    ("chunk_macro_f1", lambda y, p: f1_score(y, p, average="macro", zero_division=0)),
+    ("chunk_balanced_accuracy", balanced_accuracy_score),
+])
+def test_class_aware_metrics_equal_scikit_learn(name, reference):
+    metric = getattr(metrics, name)
+    generator = seeded(9)
+    label_missing = predicted_not_labelled = 0
+    for size, classes in ((12, 6), (1, 3), (40, 4), (7, 20)):
+        logits, labels = long_tail_chunks(generator, 150, size, classes)
+        predicted = logits.argmax(-1)
+        expected = torch.tensor([reference(labels[s].numpy(), predicted[s].numpy())
+                                 for s in range(labels.shape[0])], dtype=torch.float64)
+        values = metric(logits, labels)
+        assert values.shape == (labels.shape[0],) and values.dtype == torch.float32
+        torch.testing.assert_close(values, expected.float())
+
+        double = metric(logits.double(), labels)
+        assert double.dtype == torch.float64
+        torch.testing.assert_close(double, expected.double(), rtol=1e-12, atol=1e-12)
+
+        # Soft labels count by their argmax.
+        spread = torch.rand(logits.shape, generator=generator)
+        soft = 0.6 * F.one_hot(labels, classes) + 0.4 * spread / spread.sum(-1, keepdim=True)
+        torch.testing.assert_close(metric(logits, soft), values)
+
+        labelled = F.one_hot(labels, classes).sum(1) > 0  # (S, C)
+        label_missing += int((~labelled).any(-1).sum())
+        predicted_not_labelled += int((F.one_hot(predicted, classes).sum(1) > 0)
+                                      .logical_and(~labelled).any(-1).sum())
+    # The draw covers chunks without some classes, and chunks predicting a class none is of.
+    assert label_missing > 100 and predicted_not_labelled > 100
+
+
+def test_class_aware_metrics_differ_from_accuracy_on_a_long_tail():
+    # Four of class 0, one of class 1: predicting class 0 everywhere is 80% accurate.
+    logits = F.one_hot(torch.zeros(1, 5, dtype=torch.long), 2).float()
+    labels = torch.tensor([[0, 0, 0, 0, 1]])
+    torch.testing.assert_close(metrics.chunk_accuracy(logits, labels), torch.tensor([0.8]))
+    torch.testing.assert_close(metrics.chunk_balanced_accuracy(logits, labels),
+                               torch.tensor([0.5]))
+    torch.testing.assert_close(metrics.chunk_macro_f1(logits, labels),
+                               torch.tensor([(8 / 9 + 0) / 2]))
+
+
+@pytest.mark.parametrize("metric", [metrics.chunk_macro_f1, metrics.chunk_balanced_accuracy])
+@pytest.mark.parametrize("logits, labels, error, message", [
+    (torch.randn(20, 5), torch.zeros(20, dtype=torch.long), ValueError,
+     r"'logits' should be a 3-D \(S, N, C\) tensor but got shape \(20, 5\)"),
+    (torch.randn(7, 20, 5), torch.zeros(7, 19, dtype=torch.long), ValueError,
+     r"'labels' should have shape \(S, N\) = \(7, 20\) \(or \(S, N, C\) = \(7, 20, 5\) soft "
+     r"labels\) but got \(7, 19\)"),
+    (torch.randn(7, 20, 5), torch.zeros(7, 20, 4), ValueError,
+     r"'labels' should have shape \(S, N\) = \(7, 20\) .* but got \(7, 20, 4\)"),
+    (torch.randn(7, 20, 5), torch.zeros(7, 20), TypeError,
+     r"'labels' should be \(S, N\) integer class indices or \(S, N, C\) float soft labels but "
+     r"got dtype torch.float32"),
+    (torch.randn(7, 20, 5), torch.full((7, 20), 5), ValueError,
+     r"'labels' should hold class indices in \[0, C\) = \[0, 5\) but got values from 5 to 5"),
+    (torch.randn(7, 20, 5), torch.full((7, 20), -1), ValueError,
+     r"'labels' should hold class indices in \[0, C\) = \[0, 5\) but got values from -1"),
+    (torch.randn(7, 20, 5), [[0] * 20] * 7, TypeError,
+     r"'labels' should be a torch.Tensor but got list"),
+])
+def test_class_aware_metrics_reject_bad_input(metric, logits, labels, error, message):
+    with pytest.raises(error, match=message):
+        metric(logits, labels)
+
+
+@pytest.mark.parametrize("name", ["chunk_macro_f1", "chunk_balanced_accuracy"])
+def test_pretrain_takes_class_aware_metrics_by_name(name):
+    """``reloss pretrain --task cls --metric reloss.metrics:NAME`` finds the function, and its
+    values over synthetic chunks are what the pretraining data holds."""
+    parser, _ = pretrain_command.parse_args(["--task", "cls", "--out", "unused"])
+    metric = pretrain_command.import_metric(parser, f"reloss.metrics:{name}")
+    assert metric is getattr(reloss, name) is getattr(metrics, name)
+    chunks = list(pretrain.synthetic_chunks("cls", 6, seeded(10), chunk_size=16))
+    data = pretrain.prepare_batches(TASKS["cls"].surrogate(), "cls", chunks, metric)
+    expected = torch.cat([metric(logits, labels) for logits, labels, _ in chunks]).double()
+    torch.testing.assert_close(data["metric"], expected)

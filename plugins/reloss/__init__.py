@@ -7,6 +7,7 @@ import importlib.util
 import os
 
 from .checkpoint import load_surrogate, save_surrogate
+from .metrics import chunk_balanced_accuracy, chunk_macro_f1
 from .rank import BACKENDS, DEFAULT_STRENGTH, resolve_backend, soft_rank, torchsort_available
 from .spearman import exact_rank, pearson, soft_spearman, spearman
 from .surrogate import Surrogate
@@ -33,7 +34,7 @@ def fairseq_user_dir() -> str:
 __all__ = [
     "BACKENDS", "DEFAULT_STRENGTH", "TASKS", "ClassificationSurrogate", "PoseSurrogate",
     "QARiskSurrogate", "QAStepsSurrogate", "QASurrogate", "SequenceSurrogate", "Surrogate",
-    "Task", "TokenSequenceSurrogate", "exact_rank", "fairseq_user_dir", "get_task",
-    "load_surrogate", "pearson", "resolve_backend", "save_surrogate", "soft_rank",
-    "soft_spearman", "spearman", "torchsort_available",
+    "Task", "TokenSequenceSurrogate", "chunk_balanced_accuracy", "chunk_macro_f1", "exact_rank",
+    "fairseq_user_dir", "get_task", "load_surrogate", "pearson", "resolve_backend",
+    "save_surrogate", "soft_rank", "soft_spearman", "spearman", "torchsort_available",
 ]

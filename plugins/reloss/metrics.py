@@ -11,6 +11,22 @@ from ._validate import check_ndim, check_tensor
 MAX_NGRAM_ORDER = 4
 
 
+def _chunk_labels(logits, labels):
+    """Checks (S, N, C) ``logits`` and (S, N) or (S, N, C) ``labels``; the (S, N) labels, the
+    soft ones replaced by their argmax."""
+    check_ndim("logits", logits, (3,), "3-D (S, N, C)")
+    check_tensor("labels", labels)
+    if labels.shape != logits.shape[:2] and labels.shape != logits.shape:
+        raise ValueError(f"'labels' should have shape (S, N) = {tuple(logits.shape[:2])} (or "
+                         f"(S, N, C) = {tuple(logits.shape)} soft labels) but got "
+                         f"{tuple(labels.shape)}")
+    return labels.argmax(-1) if labels.dim() == 3 else labels
+
+
+def _output_dtype(logits):
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
 def chunk_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy of each chunk of predictions.
 
@@ -24,15 +40,77 @@ def chunk_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Note:
         S is the number of chunks, N the predictions in each, C the number of classes.
     """
-    check_ndim("logits", logits, (3,), "3-D (S, N, C)")
-    check_tensor("labels", labels)
-    if labels.dim() == 3:
-        labels = labels.argmax(-1)
-    if labels.shape != logits.shape[:2]:
-        raise ValueError(f"'labels' should have shape (S, N) = {tuple(logits.shape[:2])} (or "
-                         f"(S, N, C) soft labels) but got {tuple(labels.shape)}")
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    return (logits.argmax(-1) == labels).to(dtype).mean(-1)
+    labels = _chunk_labels(logits, labels)
+    return (logits.argmax(-1) == labels).to(_output_dtype(logits)).mean(-1)
+
+
+def _confusion_counts(logits, labels):
+    """Per chunk and class: true positives, predictions and labels of the class, each (S, C) in
+    the output dtype (the diagonal, column sums and row sums of each chunk's confusion matrix)."""
+    labels = _chunk_labels(logits, labels)
+    classes = logits.shape[-1]
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"'labels' should be (S, N) integer class indices or (S, N, C) float soft "
+                        f"labels but got dtype {labels.dtype} {tuple(labels.shape)}")
+    if labels.numel():
+        least, most = int(labels.min()), int(labels.max())
+        if least < 0 or most >= classes:
+            raise ValueError(f"'labels' should hold class indices in [0, C) = [0, {classes}) but "
+                             f"got values from {least} to {most}")
+    labels = labels.long()
+    predicted = logits.argmax(-1)
+    dtype = _output_dtype(logits)
+    counts = torch.zeros(labels.shape[0], classes, dtype=dtype, device=logits.device)
+    ones = torch.ones(labels.shape, dtype=dtype, device=logits.device)
+    true_positives = counts.scatter_add(1, labels, (predicted == labels).to(dtype))
+    predictions = counts.scatter_add(1, predicted, ones)
+    actual = counts.scatter_add(1, labels, ones)
+    return true_positives, predictions, actual
+
+
+def chunk_macro_f1(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Macro-averaged F1 of each chunk: the mean of the per-class F1 over the classes that occur
+    in the chunk's labels or predictions, as scikit-learn's
+    ``f1_score(labels, predicted, average='macro', zero_division=0)``.
+
+    Args:
+        logits (Tensor): (S, N, C) class scores (logits or probabilities).
+        labels (Tensor): (S, N) integer class indices in [0, C), or (S, N, C) soft labels (their
+            argmax counts).
+
+    Returns:
+        Tensor: (S,) macro F1 in [0, 1], float32 (float64 for float64 logits); 0 for N = 0.
+
+    Note:
+        S is the number of chunks, N the predictions in each, C the number of classes.
+    """
+    true_positives, predictions, actual = _confusion_counts(logits, labels)
+    occurring = predictions + actual
+    f1 = 2 * true_positives / occurring.clamp_min(1)  # 2 TP / (2 TP + FP + FN)
+    present = occurring > 0
+    return (f1 * present).sum(-1) / present.sum(-1).clamp_min(1)
+
+
+def chunk_balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Balanced accuracy of each chunk: the mean recall over the classes present in the chunk's
+    labels, as scikit-learn's ``balanced_accuracy_score(labels, predicted)`` (adjusted=False).
+
+    Args:
+        logits (Tensor): (S, N, C) class scores (logits or probabilities).
+        labels (Tensor): (S, N) integer class indices in [0, C), or (S, N, C) soft labels (their
+            argmax counts).
+
+    Returns:
+        Tensor: (S,) balanced accuracies in [0, 1], float32 (float64 for float64 logits); 0 for
+        N = 0.
+
+    Note:
+        S is the number of chunks, N the predictions in each, C the number of classes.
+    """
+    true_positives, _, actual = _confusion_counts(logits, labels)
+    recall = true_positives / actual.clamp_min(1)
+    present = actual > 0
+    return (recall * present).sum(-1) / present.sum(-1).clamp_min(1)
 
 
 def heatmap_argmax(heatmaps: torch.Tensor) -> torch.Tensor:

@@ -168,7 +168,6 @@ def main(argv=None):
     record = dict(curves=curves, rankings=rankings,
                   paired={name: p.as_dict() for name, p in paired.items()},
                   seeds=list(experiment.seeds(args)), epochs=args.epochs,
-                  seconds=round(time.time() - started, 1),
                   provenance=experiment.provenance("demo_digits", argv, surrogates=["cls"],
                                                    packages=("mmengine", "mmpretrain")))
     experiment.report(args.out, heading, text, record, started,

@@ -288,6 +288,12 @@ def paired(baseline, arm):
     return Paired(common, differences, mean, se)
 
 
+def paired_dicts(paired):
+    """``{arm: {metric: Paired}}`` as results.json keeps it: each :meth:`Paired.as_dict`."""
+    return {arm: {metric: p.as_dict() for metric, p in metrics.items()}
+            for arm, metrics in paired.items()}
+
+
 def mean_std(values, digits=2):
     """'mean +- sample standard deviation' of ``values`` (0 for a single one)."""
     values = list(values)
@@ -359,8 +365,10 @@ def write_results(out, markdown, record):
 
 def report(out, heading, table, record, started, runs):
     """The end of a seed experiment: results.md (``heading`` and ``table``) and results.json
-    (``record``) written to ``out``, the heading and the table printed, then a line with the time
-    since ``started`` and where the outputs are; ``runs`` says what each run's folder holds."""
+    (``record``, with ``seconds`` since ``started`` added) written to ``out``, the heading and the
+    table printed, then a line with the time and where the outputs are; ``runs`` says what each
+    run's folder holds."""
+    record = dict(record, seconds=round(time.time() - started, 1))
     write_results(out, heading + "\n\n" + table, record)
     print()
     print(heading)

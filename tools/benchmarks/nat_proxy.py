@@ -363,7 +363,13 @@ def table(runs, updates, score="BLEU4"):
             f"{statistics.fmean(logged(run, 'length', 0.2, 0.3) for run in seeds):.3f} / "
             f"{statistics.fmean(logged(run, 'length', 0.9, 1) for run in seeds):.3f}",
             f"{statistics.fmean(logged(run, 'nll_loss', 0.9, 1) for run in seeds):.3f}"])
-    return experiment.markdown_table(header, rows), paired
+    text = experiment.markdown_table(header, rows)
+    if "reloss_nat" in runs:  # the learned weights against each fixed-weight anchor
+        for anchor in (name for name in runs if name.startswith("bon:")):
+            versus = experiment.paired(bleu[anchor], bleu["reloss_nat"])
+            paired[f"reloss_nat - {anchor}"] = versus
+            text += f"\nreloss_nat minus {anchor}, paired by seed: {versus.format()}\n"
+    return text, paired
 
 
 def main(argv=None):
@@ -465,7 +471,7 @@ def main(argv=None):
                   teacher=dict(updates=args.teacher_updates, **teacher) if teacher else None,
                   corpus=dict(vocab=args.vocab, counts=corpus["counts"],
                               vocabulary=corpus["vocab"]) if corpus else None,
-                  fairseq_args=args.fairseq_args, seconds=round(time.time() - started, 1),
+                  fairseq_args=args.fairseq_args,
                   provenance=experiment.provenance(
                       "nat_proxy", argv, surrogates=surrogates + list(anchors.values()),
                       packages=("fairseq-fixed", "sacrebleu")))

@@ -149,16 +149,14 @@ def main(argv=None):
         for column, label in ((1, "COCO AP"), (2, "PCK@0.05"))], "generated COCO keypoints")
     heading = (f"Small top-down model on generated COCO keypoints, {args.epochs} epoch(s), "
                f"{args.seeds} seed(s) per loss (the same seeds for both):")
-    record = dict(curves=curves,
-                  paired={name: {key: p.as_dict() for key, p in pairs.items()}
-                          for name, pairs in paired.items()},
+    record = dict(curves=curves, paired=experiment.paired_dicts(paired),
                   seeds=list(experiment.seeds(args)), epochs=args.epochs, train=args.train,
-                  val=args.val, seconds=round(time.time() - started, 1),
+                  val=args.val,
                   provenance=experiment.provenance("pose_proxy", argv, surrogates=["pose"],
                                                    packages=("mmengine", "mmpose", "mmcv-lite")))
-    experiment.report(args.out, heading, text, record, started,
-                      f"each run's config is {args.out}/<run>.py, its checkpoints and full log "
-                      f"(console.log) are in {args.out}/<run>/, e.g. {all_runs[0].tag}/")
+    folders = (f"each run's config is {args.out}/<run>.py, its checkpoints and full log "
+               f"(console.log) are in {args.out}/<run>/, e.g. {all_runs[0].tag}/")
+    experiment.report(args.out, heading, text, record, started, folders)
     return experiment.seed_curves(curves)
 
 

@@ -219,11 +219,10 @@ def main(argv=None):
                f"seed(s) per loss (the same seeds, weights and data order for both); scores in "
                f"%:")
     record = dict(curves=curves,
-                  paired={name: {m: p.as_dict() for m, p in pairs.items()}
-                          for name, pairs in paired.items()},
+                  paired=experiment.paired_dicts(paired),
                   ranking=ranking_figures,
                   seeds=list(experiment.seeds(args)), epochs=args.epochs, train=args.train,
-                  dev=args.dev, seconds=round(time.time() - started, 1),
+                  dev=args.dev,
                   provenance=experiment.provenance("qa_proxy", argv, surrogates=[args.checkpoint],
                                                    packages=("transformers", "tokenizers")))
     experiment.report(args.out, heading, text, record, started,
