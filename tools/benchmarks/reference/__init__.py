@@ -2,7 +2,8 @@
 on generated or bundled data, or on real data that ``tools.benchmarks.data`` fetches into its
 cache on first use (MNIST for some ``cls`` regimes), with the original loss, the surrogate, or both.
 
-Each module (``cls``, ``pose``, ``nat``, ``qa``) defines:
+Each task module (``cls``, ``pose``, ``nat``, ``qa``) defines (``longtail`` is not one: it holds
+the long-tail losses a long-tail benchmark compares with):
 
 - ``METRIC`` (str): the metric's label in tables, e.g. "test accuracy (%)".
 - ``CHANCE`` (float): the metric of a model that learned nothing (collapse and "trains" checks).
