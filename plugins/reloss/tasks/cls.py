@@ -6,6 +6,7 @@ Stored predictions: ``logits`` (M, C) float and ``labels`` (M,) class indices in
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -205,10 +206,18 @@ def sample_classification(num_chunks, chunk_size=128, num_classes=10, generator=
     wrong prediction often keeps the label as runner-up. Confidence varies from near-uniform to
     saturated, so the probability of the true class covers (0, 1) for right and wrong samples.
     """
-    shape = (num_chunks, chunk_size)
-    accuracy = quality(num_chunks, late_fraction, late_band, generator).unsqueeze(-1)
-    labels = torch.randint(num_classes, shape, generator=generator)
-    right = torch.rand(shape, generator=generator) < accuracy
+    accuracy = quality(num_chunks, late_fraction, late_band, generator)
+    labels = torch.randint(num_classes, (num_chunks, chunk_size), generator=generator)
+    logits, _ = _logits_of_quality(labels, accuracy, num_classes, generator)
+    return logits, labels
+
+
+def _logits_of_quality(labels, accuracy, num_classes, generator):
+    """Logits (S, N, C) for labels (S, N) that favour the label with each chunk's probability
+    ``accuracy`` (S,), with the noise, confidence and runner-up of :func:`sample_classification`;
+    and each chunk's logit scale (S, 1): its noise level times its confidence."""
+    num_chunks, chunk_size = shape = labels.shape
+    right = torch.rand(shape, generator=generator) < accuracy.unsqueeze(-1)
     other = (labels + torch.randint(1, num_classes, shape, generator=generator)) % num_classes
     favoured = torch.where(right, labels, other)
     noise = uniform((num_chunks, 1, 1), 0.3, 2.0, generator)
@@ -222,7 +231,86 @@ def sample_classification(num_chunks, chunk_size=128, num_classes=10, generator=
     runner_up = (~right) & (torch.rand(shape, generator=generator) < 0.6)
     boost = gap * torch.rand(shape, generator=generator) * runner_up
     logits.scatter_add_(-1, labels.unsqueeze(-1), boost.unsqueeze(-1))
-    return logits, labels
+    return logits, noise[..., 0] * confidence
+
+
+def sample_long_tailed(num_chunks, chunk_size=128, num_classes=10, generator=None,
+                       imbalance=(1.0, 200.0), late_fraction=0.5, late_band=(0.85, 0.99),
+                       head_bias=(0.0, 3.0), return_priors=False):
+    """Logits (S, N, C) and labels (S, N) of long-tailed chunks, from a model that favours the
+    classes it saw most: accuracy, macro-F1 and balanced accuracy each spread over [0, 1], and
+    the class-aware two no longer rank chunks as accuracy does.
+
+    Per chunk: an imbalance ratio rho, log-uniform in ``imbalance``; class priors
+    p_c ∝ rho^(-r_c / (C - 1)) over a random ranking r of the classes (the exponential profile of
+    long-tailed CIFAR, Cui et al., CVPR 2019), from which the labels are drawn (rare classes may be
+    absent); the logits of :func:`sample_classification` for a target accuracy, plus
+    b s (log p_c - mean_c log p_c), with a head bias b uniform in ``head_bias`` and s the chunk's
+    logit scale (its noise level times its confidence), so that b shifts predictions alike at any
+    confidence: b = 0 is a model trained on balanced data, and as b grows the head classes are
+    over-predicted and the recall of the rare ones falls.
+
+    Args:
+        num_chunks (int): S >= 1.
+        chunk_size (int): N >= 1 predictions per chunk.
+        num_classes (int): C >= 2.
+        generator (torch.Generator, optional): the source of randomness.
+        imbalance (float or (float, float)): the range (low, high) of rho, 1 <= low <= high; one
+            number fixes it (1: balanced priors).
+        late_fraction (float): the share of chunks whose target accuracy is in ``late_band``.
+        late_band ((float, float)): the late-training accuracy band, 0 <= low <= high <= 1.
+        head_bias (float or (float, float)): the range of b, 0 <= low <= high; one number fixes
+            it.
+        return_priors (bool): also return the priors (S, C).
+
+    Returns:
+        tuple: logits (S, N, C) float32, labels (S, N) int64[, priors (S, C) float32].
+    """
+    _check_count("num_chunks", num_chunks, 1)
+    _check_count("chunk_size", chunk_size, 1)
+    _check_count("num_classes", num_classes, 2)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"'generator' should be a torch.Generator or None but got "
+                        f"{type(generator).__name__}")
+    low, high = _check_range("imbalance", imbalance, 1.0, math.inf)
+    if not _real(late_fraction) or not 0 <= late_fraction <= 1:
+        raise ValueError(f"'late_fraction' should be a number in [0, 1] but got "
+                         f"{late_fraction!r}")
+    late_band = _check_range("late_band", late_band, 0.0, 1.0, pair=True)
+    bias_low, bias_high = _check_range("head_bias", head_bias, 0.0, math.inf)
+
+    ratio = torch.exp(uniform((num_chunks, 1), math.log(low), math.log(high), generator))
+    rank = torch.rand(num_chunks, num_classes, generator=generator).argsort(-1)
+    log_priors = torch.log_softmax(-rank / (num_classes - 1) * ratio.log(), -1)
+    priors = log_priors.exp()
+    labels = torch.multinomial(priors, chunk_size, replacement=True, generator=generator)
+    accuracy = quality(num_chunks, late_fraction, late_band, generator)
+    logits, scale = _logits_of_quality(labels, accuracy, num_classes, generator)
+    bias = scale * uniform((num_chunks, 1), bias_low, bias_high, generator)
+    logits += (bias * (log_priors - log_priors.mean(-1, keepdim=True))).unsqueeze(1)
+    return (logits, labels, priors) if return_priors else (logits, labels)
+
+
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"'{name}' should be an int >= {minimum} but got {value!r}")
+
+
+def _check_range(name, value, least, most, pair=False):
+    """(low, high) with least <= low <= high <= most, from a pair or (unless ``pair``) from one
+    number, which gives low = high; a ValueError naming ``name`` otherwise."""
+    bounds = value if pair or not _real(value) else (value, value)
+    if (not isinstance(bounds, (tuple, list)) or len(bounds) != 2 or not all(map(_real, bounds))
+            or not least <= bounds[0] <= bounds[1] <= most or math.isinf(bounds[1])):
+        form = "a pair (low, high)" if pair else "a number or a pair (low, high)"
+        limit = "" if math.isinf(most) else f" <= {most:g}"
+        raise ValueError(f"'{name}' should be {form} with {least:g} <= low <= high{limit} but "
+                         f"got {value!r}")
+    return float(bounds[0]), float(bounds[1])
+
+
+def _real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def relabel(logits, labels, generator=None):
