@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 import sacrebleu
@@ -396,3 +398,25 @@ def test_pretrain_takes_class_aware_metrics_by_name(name):
     data = pretrain.prepare_batches(TASKS["cls"].surrogate(), "cls", chunks, metric)
     expected = torch.cat([metric(logits, labels) for logits, labels, _ in chunks]).double()
     torch.testing.assert_close(data["metric"], expected)
+
+
+def test_pretrain_imports_a_package_module_of_the_current_directory(tmp_path, monkeypatch):
+    """``--metric pkg.module:function`` run beside ``pkg/`` imports it as a package module, so
+    that its relative imports work (as ``python -m`` would find it)."""
+    package = tmp_path / "my_metric_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text("def accuracy(logits, labels):\n"
+                                     "    return (logits.argmax(-1) == labels).float().mean(-1)\n")
+    (package / "scores.py").write_text("from .base import accuracy\n\n\n"
+                                       "def score(logits, labels):\n"
+                                       "    return accuracy(logits, labels)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_metric_pkg", raising=False)
+    parser, _ = pretrain_command.parse_args(["--task", "cls", "--out", "unused"])
+    metric = pretrain_command.import_metric(parser, "my_metric_pkg.scores:score")
+    logits, labels = torch.eye(3).unsqueeze(0), torch.tensor([[0, 1, 0]])
+    torch.testing.assert_close(metric(logits, labels), torch.tensor([2 / 3]))
+    assert str(tmp_path) not in sys.path
+    for name in ("my_metric_pkg", "my_metric_pkg.base", "my_metric_pkg.scores"):
+        sys.modules.pop(name, None)

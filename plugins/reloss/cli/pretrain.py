@@ -105,8 +105,8 @@ def import_metric(parser, spec):
     if not module_name or not function_name:
         parser.error(f"--metric {spec!r}: expected module:function or file.py:function")
     try:
-        in_cwd = os.path.join(os.getcwd(), *module_name.split(".")) + ".py"
-        if module_name.endswith(".py") or os.path.isfile(in_cwd):
+        in_cwd = module_name + ".py"  # a module file here, read afresh on every call
+        if module_name.endswith(".py") or ("." not in module_name and os.path.isfile(in_cwd)):
             path = module_name if module_name.endswith(".py") else in_cwd
             if not os.path.isfile(path):
                 parser.error(f"--metric {spec!r}: no such file {module_name!r}")
@@ -114,8 +114,12 @@ def import_metric(parser, spec):
                 os.path.splitext(os.path.basename(path))[0], path)
             module = importlib.util.module_from_spec(loader)
             loader.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
+        else:  # as `python -m` finds modules (packages too): this directory first, then sys.path
+            sys.path.insert(0, os.getcwd())
+            try:
+                module = importlib.import_module(module_name)
+            finally:
+                sys.path.remove(os.getcwd())
     except ImportError as error:
         parser.error(f"--metric {spec!r}: cannot import module {module_name!r} ({error})")
     function = getattr(module, function_name, None)
