@@ -160,3 +160,28 @@ def check_heatmaps(pred_name: str, pred: torch.Tensor, target_name: str, target:
     if target.shape != pred.shape:
         raise ValueError(f"'{target_name}' should have the shape of '{pred_name}' "
                          f"{tuple(pred.shape)} but got {tuple(target.shape)}")
+
+
+def check_count(name: str, value: object, minimum: int) -> None:
+    """An int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"'{name}' should be an int >= {minimum} but got {value!r}")
+
+
+def check_range(name: str, value: object, least: float, most: float,
+                pair: bool = False) -> tuple[float, float]:
+    """(low, high) with least <= low <= high <= most, from a pair or (unless ``pair``) from one
+    number, which gives low = high; a ValueError naming ``name`` otherwise."""
+    bounds = value if pair or not is_real(value) else (value, value)
+    if (not isinstance(bounds, (tuple, list)) or len(bounds) != 2 or not all(map(is_real, bounds))
+            or not least <= bounds[0] <= bounds[1] <= most or math.isinf(bounds[1])):
+        form = "a pair (low, high)" if pair else "a number or a pair (low, high)"
+        limit = "" if math.isinf(most) else f" <= {most:g}"
+        raise ValueError(f"'{name}' should be {form} with {least:g} <= low <= high{limit} but "
+                         f"got {value!r}")
+    return float(bounds[0]), float(bounds[1])
+
+
+def is_real(value: object) -> bool:
+    """A real number that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

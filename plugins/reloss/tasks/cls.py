@@ -6,18 +6,20 @@ Stored predictions: ``logits`` (M, C) float and ``labels`` (M,) class indices in
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 
 from .._validate import (
     check_choice,
+    check_count,
     check_float,
     check_min_size,
     check_ndim,
     check_not_bool,
+    check_range,
     check_tensor,
+    is_real,
 )
 from ..metrics import chunk_accuracy
 from ..surrogate import REDUCTIONS, MonotoneSteps, Surrogate, reduce_values, upcast_half
@@ -266,18 +268,18 @@ def sample_long_tailed(num_chunks, chunk_size=128, num_classes=10, generator=Non
     Returns:
         tuple: logits (S, N, C) float32, labels (S, N) int64[, priors (S, C) float32].
     """
-    _check_count("num_chunks", num_chunks, 1)
-    _check_count("chunk_size", chunk_size, 1)
-    _check_count("num_classes", num_classes, 2)
+    check_count("num_chunks", num_chunks, 1)
+    check_count("chunk_size", chunk_size, 1)
+    check_count("num_classes", num_classes, 2)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"'generator' should be a torch.Generator or None but got "
                         f"{type(generator).__name__}")
-    low, high = _check_range("imbalance", imbalance, 1.0, math.inf)
-    if not _real(late_fraction) or not 0 <= late_fraction <= 1:
+    low, high = check_range("imbalance", imbalance, 1.0, math.inf)
+    if not is_real(late_fraction) or not 0 <= late_fraction <= 1:
         raise ValueError(f"'late_fraction' should be a number in [0, 1] but got "
                          f"{late_fraction!r}")
-    late_band = _check_range("late_band", late_band, 0.0, 1.0, pair=True)
-    bias_low, bias_high = _check_range("head_bias", head_bias, 0.0, math.inf)
+    late_band = check_range("late_band", late_band, 0.0, 1.0, pair=True)
+    bias_low, bias_high = check_range("head_bias", head_bias, 0.0, math.inf)
 
     ratio = torch.exp(uniform((num_chunks, 1), math.log(low), math.log(high), generator))
     rank = torch.rand(num_chunks, num_classes, generator=generator).argsort(-1)
@@ -289,28 +291,6 @@ def sample_long_tailed(num_chunks, chunk_size=128, num_classes=10, generator=Non
     bias = scale * uniform((num_chunks, 1), bias_low, bias_high, generator)
     logits += (bias * (log_priors - log_priors.mean(-1, keepdim=True))).unsqueeze(1)
     return (logits, labels, priors) if return_priors else (logits, labels)
-
-
-def _check_count(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"'{name}' should be an int >= {minimum} but got {value!r}")
-
-
-def _check_range(name, value, least, most, pair=False):
-    """(low, high) with least <= low <= high <= most, from a pair or (unless ``pair``) from one
-    number, which gives low = high; a ValueError naming ``name`` otherwise."""
-    bounds = value if pair or not _real(value) else (value, value)
-    if (not isinstance(bounds, (tuple, list)) or len(bounds) != 2 or not all(map(_real, bounds))
-            or not least <= bounds[0] <= bounds[1] <= most or math.isinf(bounds[1])):
-        form = "a pair (low, high)" if pair else "a number or a pair (low, high)"
-        limit = "" if math.isinf(most) else f" <= {most:g}"
-        raise ValueError(f"'{name}' should be {form} with {least:g} <= low <= high{limit} but "
-                         f"got {value!r}")
-    return float(bounds[0]), float(bounds[1])
-
-
-def _real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def relabel(logits, labels, generator=None):
