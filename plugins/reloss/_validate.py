@@ -185,3 +185,13 @@ def check_range(name: str, value: object, least: float, most: float,
 def is_real(value: object) -> bool:
     """A real number that is not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_class_indices(name: str, labels: torch.Tensor, classes: int) -> None:
+    """Every value of the integer tensor ``labels`` in [0, classes) (reads the values: on an
+    accelerator this waits for the device)."""
+    if labels.numel():
+        least, most = int(labels.min()), int(labels.max())
+        if least < 0 or most >= classes:
+            raise ValueError(f"'{name}' should hold class indices in [0, C) = [0, {classes}) but "
+                             f"got values from {least} to {most}")

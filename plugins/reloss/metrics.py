@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import check_ndim, check_tensor
+from ._validate import check_class_indices, check_ndim, check_tensor
 
 MAX_NGRAM_ORDER = 4
 
@@ -52,11 +52,7 @@ def _confusion_counts(logits, labels):
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"'labels' should be (S, N) integer class indices or (S, N, C) float soft "
                         f"labels but got dtype {labels.dtype} {tuple(labels.shape)}")
-    if labels.numel():
-        least, most = int(labels.min()), int(labels.max())
-        if least < 0 or most >= classes:
-            raise ValueError(f"'labels' should hold class indices in [0, C) = [0, {classes}) but "
-                             f"got values from {least} to {most}")
+    check_class_indices("labels", labels, classes)
     labels = labels.long()
     predicted = logits.argmax(-1)
     dtype = _output_dtype(logits)

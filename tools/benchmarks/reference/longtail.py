@@ -9,8 +9,8 @@ Not a task module (no regimes, no ``run``): the reference code a long-tail bench
 - :func:`ldam_loss` with :func:`ldam_margins`: Cao et al., NeurIPS 2019; its deferred
   re-weighting with :func:`drw_weights` (Cui et al., CVPR 2019) from the epoch
   :func:`drw_active` says.
-- :func:`check_class_counts`: the training images per class, checked (self-contained, so that it
-  can move into the package as it is).
+- :func:`check_class_counts`: the training images per class, checked (it needs only torch and
+  reloss._validate, so that it can move into the package as it is).
 
 The losses take hard targets only, (N,) integer class indices, and refuse soft (N, C) labels with
 a TypeError: none of the papers defines its loss for mixup or smoothed labels. Each returns the
@@ -21,6 +21,8 @@ import numbers
 
 import torch
 import torch.nn.functional as F
+
+from reloss._validate import check_class_indices
 
 DRW_START = 0.8  # Cao et al. switch re-weighting on at epoch 160 of 200
 
@@ -76,11 +78,8 @@ def check_class_counts(class_counts, num_classes, labels=None):
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise TypeError(f"'labels' should hold integer class indices but got dtype "
                             f"{labels.dtype}")
+        check_class_indices("labels", labels, counts.numel())
         if labels.numel():
-            least, most = int(labels.min()), int(labels.max())
-            if least < 0 or most >= counts.numel():
-                raise ValueError(f"'labels' should hold class indices in [0, C) = "
-                                 f"[0, {counts.numel()}) but got values from {least} to {most}")
             occurs = torch.zeros(counts.numel(), dtype=torch.bool)
             occurs[labels.flatten().long().cpu()] = True
             empty = occurs & (counts.cpu() == 0)
