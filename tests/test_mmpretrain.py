@@ -322,3 +322,54 @@ def test_multimodal_dependencies_do_not_break_the_import(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("loss ")
+
+
+LONG_TAILED = os.path.join(ROOT, "projects", "long_tailed_digits")
+
+
+@pytest.fixture(scope="module")
+def long_tailed_root(tmp_path_factory):
+    sys.path.insert(0, LONG_TAILED)
+    try:
+        import prepare
+    finally:
+        sys.path.remove(LONG_TAILED)
+    root = tmp_path_factory.mktemp("lt_digits") / "data"
+    counts = prepare.write(str(root), 10)
+    return root, counts
+
+
+def test_long_tailed_config_trains_with_the_class_counts(long_tailed_root, tmp_path):
+    """The project's config trains through the Runner with ReLossCls(checkpoint='cls-balanced',
+    class_counts=...), whose counts are the ones prepare.py writes, and reports macro recall and
+    F1."""
+    from mmengine.config import Config
+
+    root, counts = long_tailed_root
+    config = os.path.join(LONG_TAILED, "configs", "reloss-balanced_resnet20_lt-digits.py")
+    assert Config.fromfile(config).class_counts == counts
+    options = [f"{loader}.dataset.data_root={root}" for loader in
+               ("train_dataloader", "val_dataloader", "test_dataloader")]
+    runner = train.main([config, "--work-dir", str(tmp_path / "run"), "--cfg-options",
+                         *options, "train_cfg.max_epochs=1", "train_cfg.val_interval=1"])
+    loss = runner.model.head.loss_module
+    assert isinstance(loss.surrogate, reloss.ClassAwareSurrogate)
+    assert torch.allclose(loss.priors.cpu(), torch.tensor(counts) / sum(counts))
+    assert runner.train_loop.iter == -(-sum(counts) // 32)
+    metrics = runner.val_loop.run()
+    assert {"single-label/recall", "single-label/f1-score"} <= set(metrics)
+
+
+def test_class_counts_that_do_not_fit_are_refused():
+    logits, labels = torch.randn(4, 5), torch.tensor([0, 1, 2, 1])
+    with pytest.raises(ValueError, match="'class_counts' is read by class-aware surrogates"):
+        MODELS.build(dict(type="ReLossCls", class_counts=[1, 2, 3, 4, 5]))
+    for counts in ([1, -2, 3, 4, 5], [1, float("nan"), 3, 4, 5], [0, 0, 0], [[1, 2]], "12"):
+        with pytest.raises(ValueError, match="'class_counts' should"):
+            MODELS.build(dict(type="ReLossCls", checkpoint="cls-balanced", class_counts=counts))
+    for counts, message in (([1, 2, 3], "one count per class, 5"),
+                            ([4, 3, 0, 2, 1], "should be > 0 for every class that has a label")):
+        loss = MODELS.build(dict(type="ReLossCls", checkpoint="cls-balanced",
+                                 class_counts=counts))
+        with pytest.raises(ValueError, match=message):
+            loss(logits, labels)

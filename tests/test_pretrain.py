@@ -134,7 +134,8 @@ def test_tool_learns_a_user_metric(tmp_path, monkeypatch):
     (["--data", "absent.pt"], "'absent.pt': no such file"),
     (["--arch", "width=3"], "--arch: "),
     (["--arch", "type=PoseSurrogate"], "--arch: 'type' should be a 'cls' surrogate class "
-                                       "(ClassificationSurrogate) but got 'PoseSurrogate'"),
+                                       "(ClassificationSurrogate, ClassAwareSurrogate) but got "
+                                       "'PoseSurrogate'"),
     (["--arch", "temperatures=[0]"], "--arch: 'temperatures' should be one or more numbers > 0"),
 ])
 def test_tool_rejects_bad_arguments(tmp_path, monkeypatch, capsys, args, message):
@@ -218,13 +219,13 @@ def test_stored_predictions_errors_name_file_and_field(tmp_path, changes, messag
 
 def test_shipped_checkpoints_are_verified(tmp_path):
     entries = checkpoint.shipped()
-    assert set(entries) == {"cls", "pose", "nat", "qa"}
+    assert set(entries) == {"cls", "cls-balanced", "cls-macro-f1", "pose", "nat", "qa"}
     for name, entry in entries.items():
         path = os.path.join(checkpoint.CHECKPOINT_DIR, entry["file"])
         assert checkpoint.sha256_file(path) == entry["sha256"]
         assert os.path.getsize(path) < 4 << 20
         surrogate = reloss.load_surrogate(name)
-        assert surrogate.task == name and surrogate.sha256 == entry["sha256"]
+        assert surrogate.task == name.split("-")[0] and surrogate.sha256 == entry["sha256"]
         with open(os.path.join(checkpoint.CHECKPOINT_DIR, f"{name}.json"), encoding="utf-8") as f:
             card = json.load(f)
         assert card["sha256"] == entry["sha256"]
@@ -257,8 +258,8 @@ def test_checkpoint_field_errors(tmp_path):
     with pytest.raises(ValueError, match=r"x.pt: field 'architecture' does not fit"):
         reloss.load_surrogate(broken(architecture=dict(type="ClassificationSurrogate", width=3)))
     with pytest.raises(ValueError, match=r"x.pt: field 'architecture' should name a 'cls' "
-                                         r"surrogate class \(ClassificationSurrogate\) but names "
-                                         r"'PoseSurrogate'"):
+                                         r"surrogate class \(ClassificationSurrogate, "
+                                         r"ClassAwareSurrogate\) but names 'PoseSurrogate'"):
         reloss.load_surrogate(broken(architecture=dict(type="PoseSurrogate")))
     with pytest.raises(ValueError, match=r"x.pt: field 'architecture' should be a dict with a "
                                          r"type among 'ClassificationSurrogate'"):

@@ -12,7 +12,7 @@ from .rank import BACKENDS, DEFAULT_STRENGTH, resolve_backend, soft_rank, torchs
 from .spearman import exact_rank, pearson, soft_spearman, spearman
 from .surrogate import Surrogate
 from .tasks import TASKS, Task, get_task
-from .tasks.cls import ClassificationSurrogate
+from .tasks.cls import ClassAwareSurrogate, ClassificationSurrogate, class_priors
 from .tasks.nat import SequenceSurrogate, TokenSequenceSurrogate
 from .tasks.pose import PoseSurrogate
 from .tasks.qa import QARiskSurrogate, QAStepsSurrogate, QASurrogate
@@ -32,9 +32,10 @@ def fairseq_user_dir() -> str:
 
 
 __all__ = [
-    "BACKENDS", "DEFAULT_STRENGTH", "TASKS", "ClassificationSurrogate", "PoseSurrogate",
-    "QARiskSurrogate", "QAStepsSurrogate", "QASurrogate", "SequenceSurrogate", "Surrogate",
-    "Task", "TokenSequenceSurrogate", "chunk_balanced_accuracy", "chunk_macro_f1", "exact_rank",
+    "BACKENDS", "DEFAULT_STRENGTH", "TASKS", "ClassAwareSurrogate", "ClassificationSurrogate",
+    "PoseSurrogate", "QARiskSurrogate", "QAStepsSurrogate", "QASurrogate", "SequenceSurrogate",
+    "Surrogate", "Task", "TokenSequenceSurrogate", "chunk_balanced_accuracy", "chunk_macro_f1",
+    "class_priors", "exact_rank",
     "fairseq_user_dir", "get_task", "load_surrogate", "pearson", "resolve_backend",
     "save_surrogate", "soft_rank", "soft_spearman", "spearman", "torchsort_available",
 ]

@@ -36,6 +36,7 @@ from ._validate import (  # noqa: E402
 )
 from .mmpretrain_backbones import ResNetCIFARPaper  # noqa: E402,F401  (registers it)
 from .surrogate import REDUCTIONS  # noqa: E402
+from .tasks.cls import ClassAwareSurrogate, class_priors  # noqa: E402
 
 allow_mmengine_checkpoints()
 
@@ -51,13 +52,21 @@ class ReLossCls(FrozenSurrogateLoss):
     ever sees it, and a checkpoint of the model neither holds nor overrides it (it is rebuilt,
     sha256-checked, from ``checkpoint`` on every rank and at every resume).
 
+    A class-aware surrogate ('cls-balanced', 'cls-macro-f1', or one of your own learned with
+    ``reloss pretrain --arch type=ClassAwareSurrogate``) reads how common each class is: from
+    ``class_counts``, the training set's images per class, or where it is not given from each
+    batch's labels.
+
     Args:
-        checkpoint (str): a shipped surrogate name ('cls') or a path to one.
+        checkpoint (str): a shipped surrogate name ('cls', 'cls-balanced', 'cls-macro-f1') or a
+            path to one.
         loss_weight (float): multiplies the whole loss (surrogate and cross-entropy).
         ce_weight (float | None): weight of cross-entropy added to the surrogate; None takes the
             task's default (0: the surrogate alone).
         label_smooth_val (float): smooth hard labels to ``(1 - e) onehot + e / C`` first.
         reduction (str): 'mean', 'sum' or 'none'.
+        class_counts (sequence of numbers | None): the training images of each class, C counts
+            >= 0 (class-aware surrogates only); a class with a label in a batch needs a count > 0.
 
     Note:
         N samples, C classes (C >= 2). ``cls_score`` (N, C) logits; ``label`` (N,) integer class
@@ -67,9 +76,17 @@ class ReLossCls(FrozenSurrogateLoss):
 
     def __init__(self, checkpoint: str | os.PathLike = "cls", loss_weight: float = 1.0,
                  ce_weight: float | None = None, label_smooth_val: float = 0.0,
-                 reduction: str = "mean") -> None:
+                 reduction: str = "mean", class_counts=None) -> None:
         check_choice("reduction", reduction, REDUCTIONS)
         super().__init__(checkpoint, "cls", loss_weight, ce_weight, "ce_weight")
+        self.class_aware = isinstance(self.surrogate, ClassAwareSurrogate)
+        self.priors = None
+        if class_counts is not None:
+            if not self.class_aware:
+                raise ValueError(f"'class_counts' is read by class-aware surrogates only "
+                                 f"('cls-balanced', 'cls-macro-f1', ...) but checkpoint "
+                                 f"{checkpoint!r} is a {type(self.surrogate).__name__}")
+            self.priors = class_priors(class_counts)
         self.label_smooth_val = check_non_negative("label_smooth_val", label_smooth_val)
         if self.label_smooth_val >= 1:
             raise ValueError(f"'label_smooth_val' should be in [0, 1) but got {label_smooth_val!r}")
@@ -132,6 +149,8 @@ class ReLossCls(FrozenSurrogateLoss):
             weight = weight.float().reshape(-1)
         logits = cls_score.float()
         surrogate, count = self.surrogate_on(logits.device), logits.shape[0]
+        if self.class_aware:
+            return self._class_aware(surrogate, logits, label, weight, avg_factor, reduction)
         if weight is None and not self.original_weight and reduction == "mean" and count and (
                 avg_factor is None or (isinstance(avg_factor, (int, float))
                                        and not isinstance(avg_factor, bool) and avg_factor > 0)):
@@ -144,6 +163,11 @@ class ReLossCls(FrozenSurrogateLoss):
             loss = surrogate(logits, label, reduction="mean")
             return loss if factor == 1 else loss * factor
         loss = surrogate(logits, label, reduction="none")
+        return self._reduced(loss, logits, label, weight, reduction, avg_factor)
+
+    def _reduced(self, loss, logits, label, weight, reduction, avg_factor):
+        """Per-sample surrogate values plus ``ce_weight`` x cross-entropy, reduced as
+        mmpretrain reduces, times ``loss_weight``."""
         if self.original_weight:
             if label.dim() == 1:
                 ce = nn.functional.cross_entropy(logits, label.long(), reduction="none")
@@ -152,3 +176,33 @@ class ReLossCls(FrozenSurrogateLoss):
             loss = loss + self.original_weight * ce
         loss = weight_reduce_loss(loss, weight, reduction, avg_factor)
         return loss if self.loss_weight == 1 else self.loss_weight * loss
+
+    def _check_priors(self, logits, label):
+        """The class frequencies on the logits' device, checked against the labels."""
+        classes = logits.shape[1]
+        if self.priors.numel() != classes:
+            raise ValueError(f"'class_counts' should hold one count per class, {classes} for "
+                             f"'cls_score' {tuple(logits.shape)}, but holds {self.priors.numel()}")
+        if self.priors.device != logits.device:
+            self.priors = self.priors.to(logits.device)
+        absent = self.priors == 0
+        labelled = (label > 0).any(0) if label.dim() == 2 else torch.zeros_like(absent).index_fill_(
+            0, label.long(), True)
+        self.check(absent & labelled, "'class_counts' should be > 0 for every class that has a "
+                                      "label in the batch but one of them has count 0")
+        return self.priors
+
+    def _class_aware(self, surrogate, logits, label, weight, avg_factor, reduction):
+        """A class-aware surrogate's loss: the same reductions as the other surrogates'."""
+        priors = None if self.priors is None else self._check_priors(logits, label)
+        if self.check.deferred(logits) and priors is not None:
+            priors = priors.clamp_min(torch.finfo(priors.dtype).tiny)  # harmless until it reports
+        count = logits.shape[0]
+        if weight is None and not self.original_weight and reduction == "mean" and count and (
+                avg_factor is None or (isinstance(avg_factor, (int, float))
+                                       and not isinstance(avg_factor, bool) and avg_factor > 0)):
+            # mmpretrain's mean (the sum over avg_factor, which heads pass as N, or over N).
+            factor = self.loss_weight * (1 if avg_factor is None else count / avg_factor)
+            return surrogate(logits, label, reduction="mean", priors=priors) * factor
+        loss = surrogate(logits, label, reduction="none", priors=priors)
+        return self._reduced(loss, logits, label, weight, reduction, avg_factor)

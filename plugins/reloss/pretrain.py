@@ -67,8 +67,10 @@ def prepare(surrogate: Surrogate, task: Task, pred: torch.Tensor, target: torch.
     (baseline_grad,) = torch.autograd.grad(baseline.sum(), leaf)
     baseline_grad_norm = baseline_grad.flatten(1).norm(dim=-1).double()
     flat_extra = tuple(x.flatten(0, 1) for x in extra)
+    inputs = {key: value.flatten(0, 1) for key, value in surrogate.chunk_inputs(pred, target
+                                                                                ).items()}
     features, weights, gram = surrogate.feature_gram(pred.flatten(0, 1), target.flatten(0, 1),
-                                                     *flat_extra)
+                                                     *flat_extra, **inputs)
     units = features.shape[1]
     shape = (chunks, size, units)
     return dict(features=features.view(*shape, -1), weights=weights.view(shape),
@@ -261,16 +263,20 @@ def _split(total, parts):
 
 
 def synthetic_chunks(task: str, num_chunks: int, generator: torch.Generator | None,
-                     chunk_size: int | None = None, batch: int = 64):
+                     chunk_size: int | None = None, batch: int = 64,
+                     surrogate: Surrogate | type | None = None):
     """Raw synthetic chunks for ``task``: yields (pred, target, weight) of <= ``batch`` chunks,
     weight None for tasks without weights. The chunks are shared out evenly over the task's
-    ``sample_kinds`` (e.g. 10, 100 and 1000 classes for 'cls')."""
+    ``sample_kinds`` (e.g. 10, 100 and 1000 classes for 'cls'). A ``surrogate`` (class or
+    instance) that names its own ``sample`` and ``sample_kinds`` (a class-aware one learns on
+    long-tailed chunks) is given those instead."""
     spec = get_task(task)
     size = chunk_size or spec.chunk_size
-    kinds = spec.sample_kinds
+    sample = getattr(surrogate, "sample", None) or spec.sample
+    kinds = getattr(surrogate, "sample_kinds", None) or spec.sample_kinds
     for kind, count in zip(kinds, _split(num_chunks, len(kinds)), strict=True):
         for n in _split(count, -(-count // batch)) if count else []:
-            out = spec.sample(n, size, generator=generator, **kind)
+            out = sample(n, size, generator=generator, **kind)
             yield out if len(out) == 3 else (*out, None)
 
 

@@ -176,14 +176,19 @@ class Surrogate(nn.Module):
         """
         return weighted_unit_mean(self.net(features).squeeze(-1), weights)
 
+    def chunk_inputs(self, pred: torch.Tensor, target: torch.Tensor) -> dict:
+        """For pretraining: keyword inputs of :meth:`features` read from whole chunks (S, N, ...),
+        each a tensor with leading dims (S, N) (none by default)."""
+        return {}
+
     def feature_gram(self, pred: torch.Tensor, target: torch.Tensor,
-                     weight: torch.Tensor | None = None
+                     weight: torch.Tensor | None = None, **inputs
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(features, weights, gram): gram (N, U, F, F) holds the inner products of the features'
         gradients with respect to each unit's predictions. Computed with autograd (one backward
-        pass per feature); subclasses may give a closed form."""
+        pass per feature); subclasses may give a closed form. ``inputs`` go to ``features``."""
         pred = pred.detach().float().requires_grad_()
-        features, weights = self.features(pred, target, weight)
+        features, weights = self.features(pred, target, weight, **inputs)
         count, units = features.shape[:2]
         grads = []
         for f in range(features.shape[-1]):

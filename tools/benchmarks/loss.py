@@ -3,8 +3,9 @@
     python -m tools.benchmarks.loss [--task cls pose nat] [--repeats 200] [--threads 1]
                                    [--device cpu|cuda]
 
-'cls': ``F.cross_entropy`` against ``ReLossCls`` (reloss.mmpretrain, as a head calls it) and the
-bare frozen surrogate (``reloss.load_surrogate('cls')``), 128 samples of 10 and of 1000 classes,
+'cls': ``F.cross_entropy`` against ``ReLossCls`` (reloss.mmpretrain, as a head calls it), the
+bare frozen surrogate (``reloss.load_surrogate('cls')``) and the class-aware
+``ReLossCls(checkpoint='cls-balanced', class_counts=...)``, 128 samples of 10 and of 1000 classes,
 hard labels. 'pose': mmpose's ``KeypointMSELoss(use_target_weight=True)`` against
 ``ReLossPose(use_target_weight=True)`` and the bare surrogate, 64 instances of 17 keypoints,
 64x48 heatmaps (generated figures, 15% invisible). 'nat' (not run unless asked): token
@@ -52,10 +53,14 @@ def cls_cases(size, device):
     logits = (2 * torch.randn(count, classes, generator=generator)).to(device)
     labels = torch.randint(classes, (count,), generator=generator).to(device)
     adapter, surrogate = ReLossCls(), reloss.load_surrogate("cls").to(device)
+    # The class-aware form, told a long-tailed training set's counts (imbalance 100).
+    counts = [100 ** (-c / (classes - 1)) for c in range(classes)]
+    aware = ReLossCls(checkpoint="cls-balanced", class_counts=counts)
     return (f"cls, {count} x {classes} logits", (logits,), {
         "cross-entropy": lambda z: F.cross_entropy(z, labels),
         "ReLossCls": lambda z: adapter(z, labels, avg_factor=count),  # as mmpretrain's heads
-        "surrogate": lambda z: surrogate(z, labels)})
+        "surrogate": lambda z: surrogate(z, labels),
+        "ReLossCls('cls-balanced', class_counts)": lambda z: aware(z, labels, avg_factor=count)})
 
 
 def pose_cases(size, device):

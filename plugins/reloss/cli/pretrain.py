@@ -159,7 +159,7 @@ def split(batches, fractions, generator):
     return parts
 
 
-def load_data(args, task, generator):
+def load_data(args, task, generator, surrogate=None):
     """(train, val, test) iterables of raw batches, and a description of where they came from.
 
     Synthetic chunks are generated lazily, batch by batch, while they are prepared.
@@ -170,9 +170,11 @@ def load_data(args, task, generator):
         if source == "synthetic":
             count = args.train_chunks
             for part, n in ((train, count), (val, count // 4), (test, count // 4)):
-                part.append(pretrain.synthetic_chunks(task.name, n, generator, size))
-            described.append(f"synthetic: {count} training, {count // 4} validation and "
-                             f"{count // 4} test chunks of {size}")
+                part.append(pretrain.synthetic_chunks(task.name, n, generator, size,
+                                                      surrogate=surrogate))
+            sampler = getattr(surrogate, "sample", None) or task.sample
+            described.append(f"synthetic ({sampler.__name__}): {count} training, "
+                             f"{count // 4} validation and {count // 4} test chunks of {size}")
             continue
         batches = load_predictions(source, task.name, size, generator)
         parts = split(batches, (0.7, 0.15, 0.15), generator)
@@ -260,7 +262,7 @@ def main(argv=None, prog="reloss pretrain"):
     except (TypeError, ValueError) as error:
         parser.error(f"--arch: {error}")
 
-    (train, val, test), described = load_data(args, task, generator)
+    (train, val, test), described = load_data(args, task, generator, surrogate)
     print(f"[reloss] preparing features: {'; '.join(described)}", flush=True)
     try:
         train, val, test = (pretrain.prepare_batches(surrogate, args.task, part, metric)

@@ -9,6 +9,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .._validate import (
     check_choice,
@@ -45,6 +46,20 @@ def _label_units(logits, target):
     raise ValueError(f"'target' should be (N,) = ({logits.shape[0]},) class indices or "
                      f"(N, C) = {tuple(logits.shape)} soft labels but got {target.dtype} "
                      f"{tuple(target.shape)}")
+
+
+def _checked_units(pred, target):
+    """(logits, label index, label weights) of (N, C) logits and their labels, after the checks
+    that name what does not fit."""
+    check_float("pred", pred)
+    check_ndim("pred", pred, (2,), "2-D (N, C) logits")
+    check_tensor("target", target)
+    check_not_bool("target", target, "(N,) integer class indices or (N, C) float soft labels")
+    if pred.shape[-1] < 2:
+        raise ValueError(f"'pred' should have C >= 2 classes but got shape {tuple(pred.shape)}")
+    logits = upcast_half(pred)
+    index, weights = _label_units(logits, target)
+    return logits, index, weights
 
 
 def _integer(dtype):
@@ -152,15 +167,7 @@ class ClassificationSurrogate(Surrogate):
         return values if count else values.sum()
 
     def _check(self, pred, target):
-        check_float("pred", pred)
-        check_ndim("pred", pred, (2,), "2-D (N, C) logits")
-        check_tensor("target", target)
-        check_not_bool("target", target, "(N,) integer class indices or (N, C) float soft labels")
-        if pred.shape[-1] < 2:
-            raise ValueError(f"'pred' should have C >= 2 classes but got shape {tuple(pred.shape)}")
-        logits = upcast_half(pred)
-        index, weights = _label_units(logits, target)
-        return logits, index, weights
+        return _checked_units(pred, target)
 
     def features(self, pred, target, weight=None):
         logits, index, weights = self._check(pred, target)
@@ -197,6 +204,270 @@ class ClassificationSurrogate(Surrogate):
         if weight is not None:
             values = values * weight.to(values.dtype)
         return reduce_values(values, reduction, None if weight is None else weight != 0)
+
+
+def class_priors(class_counts, classes=None, name="class_counts"):
+    """Class frequencies (C,) float32 from per-class counts: ``class_counts`` (a sequence or a 1-D
+    tensor of C >= 2 finite numbers >= 0, not all 0) divided by their sum; ``classes``, if given,
+    is the C they must have. A ValueError naming ``name`` otherwise. A class of count 0 is allowed
+    until a label falls in it (the loss then says so)."""
+    if isinstance(class_counts, torch.Tensor):
+        values = class_counts.detach().cpu()
+    elif isinstance(class_counts, (list, tuple)) and all(map(is_real, class_counts)):
+        values = torch.tensor([float(c) for c in class_counts], dtype=torch.float64)
+    else:
+        raise ValueError(f"'{name}' should be a sequence or 1-D tensor of per-class counts but "
+                         f"got {type(class_counts).__name__}")
+    if values.dim() != 1 or values.numel() < 2 or values.dtype == torch.bool or values.is_complex():
+        raise ValueError(f"'{name}' should be C >= 2 per-class counts (1-D) but got "
+                         f"{values.dtype} {tuple(values.shape)}")
+    if classes is not None and values.numel() != classes:
+        raise ValueError(f"'{name}' should hold one count per class, {classes}, but holds "
+                         f"{values.numel()}")
+    values = values.double()
+    if not bool(torch.isfinite(values).all()) or bool((values < 0).any()) or not values.sum() > 0:
+        raise ValueError(f"'{name}' should hold finite counts >= 0, not all 0, but got "
+                         f"{values.tolist()}"[:300])
+    return (values / values.sum()).float()
+
+
+def chunk_priors(target, classes, smoothing=0.5):
+    """Each chunk's class frequencies read from its labels, without gradient: (counts + a) /
+    (N + a C) with a = ``smoothing``, so that a class absent from the chunk is rare, not
+    impossible. ``target`` (..., N) class indices or (..., N, C) soft labels; returns (..., C)."""
+    with torch.no_grad():
+        if target.is_floating_point():
+            counts = target.float().sum(-2)
+        else:
+            counts = F.one_hot(target.long(), classes).sum(-2).float()
+        return (counts + smoothing) / (counts.sum(-1, keepdim=True) + smoothing * classes)
+
+
+class _FrozenClassAware(torch.autograd.Function):
+    """A frozen ClassAwareSurrogate on hard labels and class frequencies p shared by the samples,
+    with its gradient written out: d L / d z = w(p_y) sum_k g_k'(u_k) (softmax(z + tau_k log p)
+    - e_y). As exp(z_c + tau_k log p_c) = exp(z_c) p_c^tau_k, one exp of the logits serves every
+    tau: the K sums are one product with the (C, K) powers p^tau, and so is the backward pass's
+    mix of the K softmaxes."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, powers, own_shift, table, scale=None):
+        centres, inverse_widths, heights, scaled_heights, slopes, beta, log_classes = table
+        top = logits.amax(1, keepdim=True)
+        exps = (logits - top).exp_()  # (N, C), each <= 1; times p^tau <= 1 never overflows
+        sums = exps @ powers  # (N, K)
+        own = logits.gather(1, labels.view(-1, 1)).sub_(top)  # z_y - max
+        # u_k = log S_k - (z_y - max) - tau_k log p_y, laid out (K, N, 1) for the steps.
+        u = (sums.log() - own - own_shift[..., :-1]).T.unsqueeze(-1)
+        steps = (u - centres).mul_(inverse_widths).sigmoid_()  # (K, N, J)
+        weight = torch.exp((own_shift[:, -1] + log_classes) * -beta)  # w = (C p_y)^-beta, (N,)
+        if scale is not None:
+            weight = weight * scale
+        values = (steps @ scaled_heights).squeeze(-1).addcmul_(slopes, u.squeeze(-1)).sum(0)
+        values = values.mul_(weight)
+        coefficient = ((steps - steps * steps) @ heights).squeeze(-1).add_(slopes).mul_(weight)
+        ctx.save_for_backward(exps, coefficient, sums, powers, labels)
+        return values.sum() if scale is not None else values
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        exps, coefficient, sums, powers, labels = ctx.saved_tensors
+        coefficient = coefficient * (grad_values if grad_values.dim() == 0
+                                     else grad_values.view(1, -1))  # (K, N)
+        grad = (coefficient.T / sums) @ powers.T  # (N, C)
+        grad.mul_(exps)
+        grad.scatter_add_(1, labels.view(-1, 1), -coefficient.sum(0).view(-1, 1))
+        return grad, None, None, None, None, None
+
+
+class ClassAwareSurrogate(Surrogate):
+    """A learned loss for metrics that depend on the classes (balanced accuracy, macro-F1): it
+    knows how common each class is.
+
+    Given class frequencies p (the training set's ``class_counts``, or each chunk's labels read
+    without gradient), each label y of a sample with logits z gives
+    ``w(p_y) * sum_k g_k(u_k)``, where
+
+    - ``u_k = logsumexp(z + tau_k log p) - (z_y + tau_k log p_y)``: the cross-entropy of logits
+      adjusted by tau_k times the log frequencies, for a few fixed ``taus`` (tau = 0 is plain
+      cross-entropy, tau = 1 the logit-adjusted loss of Menon et al., ICLR 2021, which is also the
+      balanced softmax of Ren et al., NeurIPS 2020): the learned mix of them sets how far the
+      model's scores are pushed away from the frequent classes;
+    - ``g_k``: learned non-decreasing functions (:class:`~reloss.surrogate.MonotoneSteps`), free
+      to saturate where the metric stops caring;
+    - ``w(p_y) = (C p_y) ** -beta``: a learned class weight, non-increasing in the label's
+      frequency (beta = 1 re-weights by inverse frequency, Cui et al.'s family), 1 for a
+      balanced set.
+
+    So it can learn the hand-designed long-tail fixes (an additive logit adjustment, re-weighting
+    by frequency) and how much of each a metric wants; every u_k is smallest for the label itself
+    and the loss never rises when one falls. Any number of classes; soft labels (N, C) give the
+    label-weighted mean over the classes with a non-zero label.
+
+    Args:
+        taus (sequence of float): the adjustments tau_k, each >= 0.
+        knots (int): learned steps per adjustment.
+        span (float): the range of u the steps start out spread over.
+        linear (bool): add the linear part to each g_k.
+        beta (float): the class weight's starting power, in (0, 1).
+        smoothing (float): a, for frequencies read from a chunk's labels: (counts + a) /
+            (N + a C).
+    """
+
+    task = "cls"
+
+    def __init__(self, taus=(0.0, 1.0, 2.0), knots=16, span=8.0, linear=True, beta=0.25,
+                 smoothing=0.5):
+        super().__init__()
+        self.taus = tuple(float(t) for t in taus)
+        if not self.taus or min(self.taus) < 0 or not all(map(math.isfinite, self.taus)):
+            raise ValueError(f"'taus' should be one or more finite numbers >= 0 but got {taus!r}")
+        if not is_real(beta) or not 0 < beta < 1:
+            raise ValueError(f"'beta' should be a number in (0, 1) but got {beta!r}")
+        if not is_real(smoothing) or not 0 < smoothing < math.inf:
+            raise ValueError(f"'smoothing' should be a finite number > 0 but got {smoothing!r}")
+        self.knots, self.span, self.linear = knots, span, linear
+        self.beta0, self.smoothing = float(beta), float(smoothing)
+        self.num_features = len(self.taus) + 1
+        self.net = MonotoneSteps(len(self.taus), knots, span, linear)
+        self.raw_beta = nn.Parameter(torch.tensor(math.log(beta / (1 - beta))))
+        self._frozen_table = self._powers_cache = None
+
+    def config(self):
+        return dict(taus=list(self.taus), knots=self.knots, span=self.span, linear=self.linear,
+                    beta=self.beta0, smoothing=self.smoothing)
+
+    @property
+    def beta(self):
+        """The learned power of the class weight, in (0, 1)."""
+        return torch.sigmoid(self.raw_beta)
+
+    def chunk_inputs(self, pred, target):
+        """For pretraining: the keyword inputs of :meth:`features` for chunks (S, N, ...): each
+        chunk's frequencies read from its labels, one row per sample (S, N, C)."""
+        priors = chunk_priors(target, pred.shape[-1], self.smoothing)
+        return dict(priors=priors.unsqueeze(-2).expand(*target.shape[:2], pred.shape[-1]))
+
+    def _priors(self, priors, logits, target):
+        """Log frequencies (1, C) or (N, C), checked against the labels."""
+        count, classes = logits.shape
+        if priors is None:
+            return chunk_priors(target, classes, self.smoothing).log().unsqueeze(0)
+        check_tensor("priors", priors)
+        if tuple(priors.shape) not in ((classes,), (count, classes)):
+            raise ValueError(f"'priors' should be (C,) = ({classes},) or (N, C) = "
+                             f"({count}, {classes}) class frequencies but got "
+                             f"{tuple(priors.shape)}")
+        priors = priors.to(device=logits.device, dtype=logits.dtype)
+        if priors.device.type == "cpu" and not bool(((priors >= 0) & (priors <= 1)).all()):
+            raise ValueError("'priors' should hold class frequencies in [0, 1] but holds values "
+                             "outside it (or NaN)")
+        return priors.log().reshape(-1, classes)
+
+    def features(self, pred, target, weight=None, priors=None):
+        """Features (N, k, len(taus) + 1): u_k for each tau, then log(C p_y); and the label
+        weights (N, k). ``priors`` (C,) or (N, C): the class frequencies (default: read from
+        ``target``, smoothed)."""
+        logits, index, weights = _checked_units(pred, target)
+        if weights is None:
+            weights = torch.ones(index.shape, dtype=logits.dtype, device=logits.device)
+        if weight is not None:
+            check_tensor("weight", weight)
+            if tuple(weight.shape) != (pred.shape[0],):
+                raise ValueError(f"'weight' should be (N,) = ({pred.shape[0]},) sample weights "
+                                 f"but got {tuple(weight.shape)}")
+            weights = weights * weight.reshape(-1, 1).to(weights.dtype)
+        log_priors = self._priors(priors, logits, target)
+        own_prior = log_priors.expand(logits.shape[0], -1).gather(-1, index)
+        if index.device.type == "cpu" and bool(((weights != 0) & torch.isinf(own_prior)).any()):
+            absent = sorted(set(index[(weights != 0) & torch.isinf(own_prior)].tolist()))
+            raise ValueError(f"'priors' (class_counts) give frequency 0 to class(es) {absent}, "
+                             f"which 'target' holds: every class with a label needs a count > 0")
+        us = []
+        for tau in self.taus:
+            adjusted = logits if tau == 0 else logits + tau * log_priors
+            us.append(torch.logsumexp(adjusted, -1, keepdim=True) - adjusted.gather(-1, index))
+        ratio = (own_prior + math.log(logits.shape[-1])).detach()
+        return torch.stack([*us, ratio.expand_as(us[0])], -1), weights
+
+    def head(self, features, weights):
+        values = self.net(features[..., :-1]).squeeze(-1) * torch.exp(-self.beta
+                                                                       * features[..., -1])
+        return (values * weights).sum(-1) / weights.sum(-1).clamp_min(
+            torch.finfo(values.dtype).tiny)
+
+    def _table(self, dtype, device):
+        """The learned parameters as plain tensors laid out for :class:`_FrozenClassAware`,
+        cached while they do not change."""
+        key = (dtype, device, self.net.version(), self.raw_beta._version)
+        if self._frozen_table is None or self._frozen_table[0] != key:
+            centres, inverse_widths, heights, scaled_heights, slopes = \
+                self.net.frozen_parameters(dtype, device)
+            with torch.no_grad():
+                beta = float(self.beta)
+            table = (centres.unsqueeze(1), inverse_widths.unsqueeze(1), heights.unsqueeze(-1),
+                     scaled_heights.unsqueeze(-1), slopes.unsqueeze(1), beta)
+            self._frozen_table = (key, table)
+        return self._frozen_table[1]
+
+    def _frozen(self, pred, target, priors, scale):
+        """The frozen evaluation for hard labels (per-sample values, or with ``scale`` their
+        sum times it), or None where it does not apply (the autograd path then runs)."""
+        if not (self.frozen or not torch.is_grad_enabled()) or target.dim() != 1 or \
+                target.is_floating_point() or pred.dim() != 2 or not pred.is_floating_point() \
+                or target.shape[0] != pred.shape[0] or pred.shape[1] < 2:
+            return None
+        logits = upcast_half(pred)
+        log_priors, powers = self._powers(priors, logits, target)
+        if log_priors.shape[0] != 1:
+            return None  # frequencies per sample: the autograd path
+        own = log_priors[0, target.long()]
+        if own.device.type == "cpu" and bool(torch.isinf(own).any()):
+            return None  # the autograd path names the class
+        # tau_k log p_y for each tau, then log p_y itself: (N, K + 1).
+        own_shift = own.unsqueeze(1) * self._tau_row(logits.dtype, logits.device)
+        return _FrozenClassAware.apply(logits, target.long(), powers, own_shift,
+                                       self._table(logits.dtype, logits.device)
+                                       + (math.log(logits.shape[1]),), scale)
+
+    def _tau_row(self, dtype, device):
+        """(tau_1, ..., tau_K, 1) as a (1, K + 1) tensor."""
+        return torch.tensor([*self.taus, 1.0], dtype=dtype, device=device).view(1, -1)
+
+    def _powers(self, priors, logits, target):
+        """(log frequencies (1, C) or (N, C), the powers p^tau_k (C, K) of shared ones, else
+        None); for the same ``priors`` tensor as the last call (a loss's class counts), the
+        checked ones kept."""
+        key = None if not isinstance(priors, torch.Tensor) else (
+            id(priors), priors._version, logits.dtype, logits.device,
+            tuple(logits.shape[-priors.dim():]))
+        if key is not None and self._powers_cache is not None and \
+                self._powers_cache[0] == key and self._powers_cache[1] is priors:
+            return self._powers_cache[2]
+        log_priors = self._priors(priors, logits, target)
+        powers = None
+        if log_priors.shape[0] == 1:  # 0^0 = 1: tau = 0 leaves a class without examples in
+            taus = torch.tensor(self.taus, dtype=logits.dtype, device=logits.device)
+            powers = log_priors.exp().T.pow(taus)
+        if key is not None:
+            self._powers_cache = (key, priors, (log_priors, powers))
+        return log_priors, powers
+
+    def forward(self, pred, target, weight=None, reduction="mean", priors=None):
+        """Per-sample losses, multiplied by ``weight`` (N,) if given, then reduced ('mean'
+        divides by the number of samples with a non-zero weight). ``priors`` (C,) or (N, C):
+        the class frequencies (:func:`class_priors` makes them from counts; default: read from
+        ``target``)."""
+        check_choice("reduction", reduction, REDUCTIONS)
+        if weight is None and isinstance(pred, torch.Tensor) and isinstance(target, torch.Tensor):
+            count = pred.shape[0] if pred.dim() else 0
+            scale = None if reduction == "none" or not count else (
+                1.0 if reduction == "sum" else 1 / count)
+            values = self._frozen(pred, target, priors, scale)
+            if values is not None:
+                return values
+        features, weights = self.features(pred, target, weight, priors)
+        return reduce_values(self.head(features, weights), reduction, weights.sum(-1) > 0)
 
 
 def sample_classification(num_chunks, chunk_size=128, num_classes=10, generator=None,
@@ -293,6 +564,12 @@ def sample_long_tailed(num_chunks, chunk_size=128, num_classes=10, generator=Non
     return (logits, labels, priors) if return_priors else (logits, labels)
 
 
+# What ClassAwareSurrogate pretrains on: long-tailed chunks, where the class-aware metrics part
+# from accuracy (at 1000 classes a chunk of 128 holds too few of each class to tell them apart).
+ClassAwareSurrogate.sample = staticmethod(sample_long_tailed)
+ClassAwareSurrogate.sample_kinds = (dict(num_classes=10), dict(num_classes=100))
+
+
 def relabel(logits, labels, generator=None):
     """The authors' augmentation of real classification chunks (S, N, C), (S, N): labels become
     the predicted classes, then a fraction u ~ U(0, 1) of each chunk is re-drawn at random, so that
@@ -329,4 +606,5 @@ TASK = Task(
     # on hopeless samples) but rise only 1.5x above it.
     pretrain_steps=600, pretrain_tolerance=(10.0, 1.5),
     relabel=relabel,
+    variants=(ClassAwareSurrogate,),
 )

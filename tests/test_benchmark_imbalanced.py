@@ -1,0 +1,64 @@
+"""The long-tail benchmark (tools/benchmarks/imbalanced.py): its data, post-hoc tuning, a short
+real run of every arm, the merged report and its refusals."""
+import json
+
+import pytest
+import torch
+
+from tools.benchmarks import imbalanced
+
+
+def test_long_tailed_training_set_and_evaluation_splits():
+    data = imbalanced.dataset("gen20", 100.0)
+    counts = torch.bincount(data["train"][1], minlength=20).tolist()
+    assert counts == data["counts"] and counts[0] == 500 and counts[-1] == 5
+    balanced = torch.bincount(data["test_balanced"][1], minlength=20)
+    assert int(balanced.max()) - int(balanced.min()) <= 60  # about 500 each
+    tail = torch.bincount(data["test_imbalanced"][1], minlength=20).tolist()
+    assert tail[0] / tail[-1] == pytest.approx(100, rel=0.2)
+    # Validation and test never share an example.
+    val, test = data["val_balanced"][0], data["test_balanced"][0]
+    assert not (torch.cdist(val[:200], test).min(1).values == 0).any()
+
+
+def test_posthoc_tau_is_chosen_on_validation_and_reported_on_test():
+    data = imbalanced.dataset("gen20", 100.0)
+    log_prior = torch.tensor(data["counts"], dtype=torch.float32).log()
+    # A model biased towards frequent classes by 1.5 log-priors: the tuned tau takes it back.
+    logits = {split: torch.nn.functional.one_hot(labels, 20).float() * 3
+              + 1.5 * (log_prior - log_prior.mean()) + torch.randn(labels.numel(), 20)
+              for split, (_, labels) in ((k, data[k]) for k in (
+                  "val_balanced", "test_balanced", "val_imbalanced", "test_imbalanced"))}
+    result = imbalanced.scores(logits, data)
+    assert result["balanced"]["tau"] in imbalanced.TAUS and result["balanced"]["tau"] >= 1
+    assert result["balanced"]["tuned"] > result["balanced"]["as trained"] + 5
+
+
+def test_every_arm_trains_and_the_report_merges(tmp_path, capsys):
+    common = ["--regimes", "gen20-50-mlp-adamw-20", "--quick", "--arms", "ce", "la", "bs",
+              "ldam-drw", "--surrogates", "cls-balanced"]
+    first = imbalanced.main([*common, "--seeds", "1", "--out", str(tmp_path / "a")])
+    imbalanced.main([*common, "--seeds", "1", "--first-seed", "1", "--out", str(tmp_path / "b")])
+    assert len(first["records"]) == 5
+    for record in first["records"]:
+        for metric in ("balanced", "macro-f1"):
+            assert 5 < record["scores"][metric]["as trained"] <= 100  # chance is 5%
+    la, bs = (next(r for r in first["records"] if r["arm"] == arm) for arm in ("la", "bs"))
+    # Balanced softmax is the logit-adjusted loss at tau = 1: the same model.
+    assert la["scores"] == bs["scores"]
+    capsys.readouterr()
+    imbalanced.main(["--report", str(tmp_path / "a"), str(tmp_path / "b")])
+    printed = capsys.readouterr().out
+    assert "reloss:cls-balanced, tuned minus best anchor" in printed
+    assert "+- " in printed  # two seeds: paired with a standard error
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert saved["provenance"]["surrogates"]["cls-balanced"]
+
+
+def test_refusals(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        imbalanced.main(["--surrogates", "cls", "--out", str(tmp_path)])
+    assert "not a class-aware surrogate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        imbalanced.main(["--regimes", "nope", "--out", str(tmp_path)])
+    assert "'--regimes' takes" in capsys.readouterr().err
