@@ -149,7 +149,8 @@ def test_bad_input_names_the_argument(call, message):
 
 @pytest.mark.parametrize("checkpoint, error, message", [
     ("missing.pt", FileNotFoundError, r"'missing.pt' is neither a shipped surrogate \('cls', "
-                                      r"'nat', 'pose', 'qa'\) nor a file"),
+                                      r"'cls-balanced', 'cls-macro-f1', 'nat', 'pose', 'qa'\) "
+                                      r"nor a file"),
     ("pose", ValueError, r"'checkpoint' should be a classification \('cls'\) surrogate but "
                          r"'pose' is a 'pose' one"),
 ])
