@@ -149,25 +149,21 @@ class ReLossCls(FrozenSurrogateLoss):
             weight = weight.float().reshape(-1)
         logits = cls_score.float()
         surrogate, count = self.surrogate_on(logits.device), logits.shape[0]
-        if self.class_aware:
-            return self._class_aware(surrogate, logits, label, weight, avg_factor, reduction)
+        # A class-aware surrogate is also given the class frequencies.
+        inputs = dict(priors=self._priors(logits, label)) if self.class_aware else {}
         if weight is None and not self.original_weight and reduction == "mean" and count and (
                 avg_factor is None or (isinstance(avg_factor, (int, float))
                                        and not isinstance(avg_factor, bool) and avg_factor > 0)):
             # mmpretrain's mean (the sum over avg_factor, which heads pass as N, or over N):
             # the surrogate's own mean, reduced inside its autograd node, then rescaled.
             factor = self.loss_weight * (1 if avg_factor is None else count / avg_factor)
-            if label.dim() == 1 and (surrogate.frozen or not torch.is_grad_enabled()):
+            if not inputs and label.dim() == 1 and (surrogate.frozen
+                                                    or not torch.is_grad_enabled()):
                 # Checked above: the frozen evaluation itself, its scale folded in.
                 return surrogate.frozen_mean(logits, label, factor)
-            loss = surrogate(logits, label, reduction="mean")
+            loss = surrogate(logits, label, reduction="mean", **inputs)
             return loss if factor == 1 else loss * factor
-        loss = surrogate(logits, label, reduction="none")
-        return self._reduced(loss, logits, label, weight, reduction, avg_factor)
-
-    def _reduced(self, loss, logits, label, weight, reduction, avg_factor):
-        """Per-sample surrogate values plus ``ce_weight`` x cross-entropy, reduced as
-        mmpretrain reduces, times ``loss_weight``."""
+        loss = surrogate(logits, label, reduction="none", **inputs)
         if self.original_weight:
             if label.dim() == 1:
                 ce = nn.functional.cross_entropy(logits, label.long(), reduction="none")
@@ -177,8 +173,11 @@ class ReLossCls(FrozenSurrogateLoss):
         loss = weight_reduce_loss(loss, weight, reduction, avg_factor)
         return loss if self.loss_weight == 1 else self.loss_weight * loss
 
-    def _check_priors(self, logits, label):
-        """The class frequencies on the logits' device, checked against the labels."""
+    def _priors(self, logits, label):
+        """The class frequencies of ``class_counts`` on the logits' device, checked against the
+        batch (None without ``class_counts``: the surrogate reads the batch's labels)."""
+        if self.priors is None:
+            return None
         classes = logits.shape[1]
         if self.priors.numel() != classes:
             raise ValueError(f"'class_counts' should hold one count per class, {classes} for "
@@ -190,19 +189,6 @@ class ReLossCls(FrozenSurrogateLoss):
             0, label.long(), True)
         self.check(absent & labelled, "'class_counts' should be > 0 for every class that has a "
                                       "label in the batch but one of them has count 0")
+        if self.check.deferred(logits):  # harmless until the check reports
+            return self.priors.clamp_min(torch.finfo(self.priors.dtype).tiny)
         return self.priors
-
-    def _class_aware(self, surrogate, logits, label, weight, avg_factor, reduction):
-        """A class-aware surrogate's loss: the same reductions as the other surrogates'."""
-        priors = None if self.priors is None else self._check_priors(logits, label)
-        if self.check.deferred(logits) and priors is not None:
-            priors = priors.clamp_min(torch.finfo(priors.dtype).tiny)  # harmless until it reports
-        count = logits.shape[0]
-        if weight is None and not self.original_weight and reduction == "mean" and count and (
-                avg_factor is None or (isinstance(avg_factor, (int, float))
-                                       and not isinstance(avg_factor, bool) and avg_factor > 0)):
-            # mmpretrain's mean (the sum over avg_factor, which heads pass as N, or over N).
-            factor = self.loss_weight * (1 if avg_factor is None else count / avg_factor)
-            return surrogate(logits, label, reduction="mean", priors=priors) * factor
-        loss = surrogate(logits, label, reduction="none", priors=priors)
-        return self._reduced(loss, logits, label, weight, reduction, avg_factor)

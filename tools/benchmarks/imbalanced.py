@@ -39,6 +39,7 @@ schedules. Writes results.json and results.md to --out.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import statistics
@@ -52,6 +53,7 @@ import reloss
 from reloss.metrics import chunk_balanced_accuracy, chunk_macro_f1
 from reloss.tasks.cls import class_priors
 from tools.benchmarks import experiment
+from tools.benchmarks.data import long_tailed_counts
 from tools.benchmarks.reference import Regime, longtail, select
 from tools.benchmarks.reference import cls as reference_cls
 
@@ -87,10 +89,6 @@ BATCH = {"digits": 32, "mnist": 64, "gen20": 128}
 LARGEST = {"mnist": 1200, "gen20": 500}  # digits: its smallest training class (about 110)
 
 
-def _profile(imbalance, largest, classes):
-    return [max(1, round(largest * imbalance ** (-c / (classes - 1)))) for c in range(classes)]
-
-
 def _take(labels, counts, generator):
     """Sorted indices keeping counts[c] random examples of each class c."""
     chosen = []
@@ -117,7 +115,7 @@ def _pools(name):
     if name == "digits":
         return reference_cls.data(0.0)
     if name == "mnist":
-        train = reference_cls.mnist_data(5400)["train"]  # every class's first 5,400 draws
+        train = reference_cls.mnist_data(5400)["train"]  # 5,400 of each class, drawn once
         _, test = reference_cls._mnist_test()
         return (*train, *test)
     if name == "gen20":
@@ -142,7 +140,7 @@ def dataset(name, imbalance):
     classes = int(y_train.max()) + 1
     generator = torch.Generator().manual_seed(DATA_SEED)
     largest = LARGEST.get(name) or int(torch.bincount(y_train, minlength=classes).min())
-    counts = _profile(imbalance, largest, classes)
+    counts = long_tailed_counts(imbalance, largest, classes)
     keep = _take(y_train, counts, generator)
     out = dict(train=(x_train[keep], y_train[keep]), counts=counts, classes=classes)
     val, test = _halves(y_eval, generator)
@@ -153,7 +151,7 @@ def dataset(name, imbalance):
             out[f"{split}_imbalanced"] = out[f"{split}_balanced"]
             continue
         per_class = int(torch.bincount(labels, minlength=classes).min())
-        sub = _take(labels, _profile(imbalance, per_class, classes), generator)
+        sub = _take(labels, long_tailed_counts(imbalance, per_class, classes), generator)
         out[f"{split}_imbalanced"] = (x_eval[index][sub], labels[sub])
     return out
 
@@ -333,8 +331,6 @@ def summary(records):
 
 
 def load_records(folders):
-    import json
-
     records = []
     for folder in folders:
         with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:

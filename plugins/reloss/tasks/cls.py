@@ -1,5 +1,6 @@
-"""Classification: ClassificationSurrogate, top-1 accuracy per chunk, cross-entropy, and
-synthetic logits whose accuracy spreads over [0, 1].
+"""Classification: ClassificationSurrogate and the class-aware ClassAwareSurrogate (for balanced
+accuracy, macro-F1 and other metrics that depend on the classes), top-1 accuracy per chunk,
+cross-entropy, and synthetic logits whose accuracy spreads over [0, 1], balanced or long-tailed.
 
 Stored predictions: ``logits`` (M, C) float and ``labels`` (M,) class indices in [0, C).
 """
@@ -206,6 +207,100 @@ class ClassificationSurrogate(Surrogate):
         return reduce_values(values, reduction, None if weight is None else weight != 0)
 
 
+def sample_classification(num_chunks, chunk_size=128, num_classes=10, generator=None,
+                          late_fraction=0.5, late_band=(0.85, 0.99)):
+    """Logits (S, N, C) and labels (S, N) whose chunk accuracies spread over [0, 1].
+
+    Per chunk: a target accuracy, a logit noise level and a confidence scale; per sample, the
+    class the model favours is the label with that probability, another class otherwise, and a
+    wrong prediction often keeps the label as runner-up. Confidence varies from near-uniform to
+    saturated, so the probability of the true class covers (0, 1) for right and wrong samples.
+    """
+    accuracy = quality(num_chunks, late_fraction, late_band, generator)
+    labels = torch.randint(num_classes, (num_chunks, chunk_size), generator=generator)
+    logits, _ = _logits_of_quality(labels, accuracy, num_classes, generator)
+    return logits, labels
+
+
+def _logits_of_quality(labels, accuracy, num_classes, generator):
+    """Logits (S, N, C) for labels (S, N) that favour the label with each chunk's probability
+    ``accuracy`` (S,), with the noise, confidence and runner-up of :func:`sample_classification`;
+    and each chunk's logit scale (S, 1): its noise level times its confidence."""
+    num_chunks, chunk_size = shape = labels.shape
+    right = torch.rand(shape, generator=generator) < accuracy.unsqueeze(-1)
+    other = (labels + torch.randint(1, num_classes, shape, generator=generator)) % num_classes
+    favoured = torch.where(right, labels, other)
+    noise = uniform((num_chunks, 1, 1), 0.3, 2.0, generator)
+    logits = noise * torch.randn(num_chunks, chunk_size, num_classes, generator=generator)
+    # The largest of C noisy logits grows like noise * sqrt(2 ln C): scale the favoured class's
+    # lead with it, so that the planned accuracy holds at any C.
+    lead = noise[..., 0] * math.sqrt(2 * math.log(num_classes))
+    confidence = torch.exp(uniform((num_chunks, 1), math.log(0.5), math.log(6.0), generator))
+    gap = lead * confidence * (0.5 + torch.rand(shape, generator=generator))
+    logits.scatter_add_(-1, favoured.unsqueeze(-1), gap.unsqueeze(-1))
+    runner_up = (~right) & (torch.rand(shape, generator=generator) < 0.6)
+    boost = gap * torch.rand(shape, generator=generator) * runner_up
+    logits.scatter_add_(-1, labels.unsqueeze(-1), boost.unsqueeze(-1))
+    return logits, noise[..., 0] * confidence
+
+
+def sample_long_tailed(num_chunks, chunk_size=128, num_classes=10, generator=None,
+                       imbalance=(1.0, 200.0), late_fraction=0.5, late_band=(0.85, 0.99),
+                       head_bias=(0.0, 3.0), return_priors=False):
+    """Logits (S, N, C) and labels (S, N) of long-tailed chunks, from a model that favours the
+    classes it saw most: accuracy, macro-F1 and balanced accuracy each spread over [0, 1], and
+    the class-aware two no longer rank chunks as accuracy does.
+
+    Per chunk: an imbalance ratio rho, log-uniform in ``imbalance``; class priors
+    p_c ∝ rho^(-r_c / (C - 1)) over a random ranking r of the classes (the exponential profile of
+    long-tailed CIFAR, Cui et al., CVPR 2019), from which the labels are drawn (rare classes may be
+    absent); the logits of :func:`sample_classification` for a target accuracy, plus
+    b s (log p_c - mean_c log p_c), with a head bias b uniform in ``head_bias`` and s the chunk's
+    logit scale (its noise level times its confidence), so that b shifts predictions alike at any
+    confidence: b = 0 is a model trained on balanced data, and as b grows the head classes are
+    over-predicted and the recall of the rare ones falls.
+
+    Args:
+        num_chunks (int): S >= 1.
+        chunk_size (int): N >= 1 predictions per chunk.
+        num_classes (int): C >= 2.
+        generator (torch.Generator, optional): the source of randomness.
+        imbalance (float or (float, float)): the range (low, high) of rho, 1 <= low <= high; one
+            number fixes it (1: balanced priors).
+        late_fraction (float): the share of chunks whose target accuracy is in ``late_band``.
+        late_band ((float, float)): the late-training accuracy band, 0 <= low <= high <= 1.
+        head_bias (float or (float, float)): the range of b, 0 <= low <= high; one number fixes
+            it.
+        return_priors (bool): also return the priors (S, C).
+
+    Returns:
+        tuple: logits (S, N, C) float32, labels (S, N) int64[, priors (S, C) float32].
+    """
+    check_count("num_chunks", num_chunks, 1)
+    check_count("chunk_size", chunk_size, 1)
+    check_count("num_classes", num_classes, 2)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"'generator' should be a torch.Generator or None but got "
+                        f"{type(generator).__name__}")
+    low, high = check_range("imbalance", imbalance, 1.0, math.inf)
+    if not is_real(late_fraction) or not 0 <= late_fraction <= 1:
+        raise ValueError(f"'late_fraction' should be a number in [0, 1] but got "
+                         f"{late_fraction!r}")
+    late_band = check_range("late_band", late_band, 0.0, 1.0, pair=True)
+    bias_low, bias_high = check_range("head_bias", head_bias, 0.0, math.inf)
+
+    ratio = torch.exp(uniform((num_chunks, 1), math.log(low), math.log(high), generator))
+    rank = torch.rand(num_chunks, num_classes, generator=generator).argsort(-1)
+    log_priors = torch.log_softmax(-rank / (num_classes - 1) * ratio.log(), -1)
+    priors = log_priors.exp()
+    labels = torch.multinomial(priors, chunk_size, replacement=True, generator=generator)
+    accuracy = quality(num_chunks, late_fraction, late_band, generator)
+    logits, scale = _logits_of_quality(labels, accuracy, num_classes, generator)
+    bias = scale * uniform((num_chunks, 1), bias_low, bias_high, generator)
+    logits += (bias * (log_priors - log_priors.mean(-1, keepdim=True))).unsqueeze(1)
+    return (logits, labels, priors) if return_priors else (logits, labels)
+
+
 def class_priors(class_counts, classes=None, name="class_counts"):
     """Class frequencies (C,) float32 from per-class counts: ``class_counts`` (a sequence or a 1-D
     tensor of C >= 2 finite numbers >= 0, not all 0) divided by their sum; ``classes``, if given,
@@ -315,6 +410,10 @@ class ClassAwareSurrogate(Surrogate):
     """
 
     task = "cls"
+    # What it pretrains on: long-tailed chunks, where the class-aware metrics part from accuracy
+    # (at 1000 classes a chunk of 128 holds too few of each class to tell them apart).
+    sample = staticmethod(sample_long_tailed)
+    sample_kinds = (dict(num_classes=10), dict(num_classes=100))
 
     def __init__(self, taus=(0.0, 1.0, 2.0), knots=16, span=8.0, linear=True, beta=0.25,
                  smoothing=0.5):
@@ -379,8 +478,9 @@ class ClassAwareSurrogate(Surrogate):
             weights = weights * weight.reshape(-1, 1).to(weights.dtype)
         log_priors = self._priors(priors, logits, target)
         own_prior = log_priors.expand(logits.shape[0], -1).gather(-1, index)
-        if index.device.type == "cpu" and bool(((weights != 0) & torch.isinf(own_prior)).any()):
-            absent = sorted(set(index[(weights != 0) & torch.isinf(own_prior)].tolist()))
+        absent = (weights != 0) & torch.isinf(own_prior) if index.device.type == "cpu" else None
+        if absent is not None and bool(absent.any()):
+            absent = sorted(set(index[absent].tolist()))
             raise ValueError(f"'priors' (class_counts) give frequency 0 to class(es) {absent}, "
                              f"which 'target' holds: every class with a label needs a count > 0")
         us = []
@@ -407,8 +507,10 @@ class ClassAwareSurrogate(Surrogate):
                 beta = float(self.beta)
             table = (centres.unsqueeze(1), inverse_widths.unsqueeze(1), heights.unsqueeze(-1),
                      scaled_heights.unsqueeze(-1), slopes.unsqueeze(1), beta)
-            self._frozen_table = (key, table)
-        return self._frozen_table[1]
+            # (tau_1, ..., tau_K, 1): what multiplies log p_y, (1, K + 1).
+            taus = torch.tensor([*self.taus, 1.0], dtype=dtype, device=device).view(1, -1)
+            self._frozen_table = (key, table, taus)
+        return self._frozen_table[1:]
 
     def _frozen(self, pred, target, priors, scale):
         """The frozen evaluation for hard labels (per-sample values, or with ``scale`` their
@@ -424,15 +526,10 @@ class ClassAwareSurrogate(Surrogate):
         own = log_priors[0, target.long()]
         if own.device.type == "cpu" and bool(torch.isinf(own).any()):
             return None  # the autograd path names the class
+        table, taus = self._table(logits.dtype, logits.device)
         # tau_k log p_y for each tau, then log p_y itself: (N, K + 1).
-        own_shift = own.unsqueeze(1) * self._tau_row(logits.dtype, logits.device)
-        return _FrozenClassAware.apply(logits, target.long(), powers, own_shift,
-                                       self._table(logits.dtype, logits.device)
-                                       + (math.log(logits.shape[1]),), scale)
-
-    def _tau_row(self, dtype, device):
-        """(tau_1, ..., tau_K, 1) as a (1, K + 1) tensor."""
-        return torch.tensor([*self.taus, 1.0], dtype=dtype, device=device).view(1, -1)
+        return _FrozenClassAware.apply(logits, target.long(), powers, own.unsqueeze(1) * taus,
+                                       table + (math.log(logits.shape[1]),), scale)
 
     def _powers(self, priors, logits, target):
         """(log frequencies (1, C) or (N, C), the powers p^tau_k (C, K) of shared ones, else
@@ -468,106 +565,6 @@ class ClassAwareSurrogate(Surrogate):
                 return values
         features, weights = self.features(pred, target, weight, priors)
         return reduce_values(self.head(features, weights), reduction, weights.sum(-1) > 0)
-
-
-def sample_classification(num_chunks, chunk_size=128, num_classes=10, generator=None,
-                          late_fraction=0.5, late_band=(0.85, 0.99)):
-    """Logits (S, N, C) and labels (S, N) whose chunk accuracies spread over [0, 1].
-
-    Per chunk: a target accuracy, a logit noise level and a confidence scale; per sample, the
-    class the model favours is the label with that probability, another class otherwise, and a
-    wrong prediction often keeps the label as runner-up. Confidence varies from near-uniform to
-    saturated, so the probability of the true class covers (0, 1) for right and wrong samples.
-    """
-    accuracy = quality(num_chunks, late_fraction, late_band, generator)
-    labels = torch.randint(num_classes, (num_chunks, chunk_size), generator=generator)
-    logits, _ = _logits_of_quality(labels, accuracy, num_classes, generator)
-    return logits, labels
-
-
-def _logits_of_quality(labels, accuracy, num_classes, generator):
-    """Logits (S, N, C) for labels (S, N) that favour the label with each chunk's probability
-    ``accuracy`` (S,), with the noise, confidence and runner-up of :func:`sample_classification`;
-    and each chunk's logit scale (S, 1): its noise level times its confidence."""
-    num_chunks, chunk_size = shape = labels.shape
-    right = torch.rand(shape, generator=generator) < accuracy.unsqueeze(-1)
-    other = (labels + torch.randint(1, num_classes, shape, generator=generator)) % num_classes
-    favoured = torch.where(right, labels, other)
-    noise = uniform((num_chunks, 1, 1), 0.3, 2.0, generator)
-    logits = noise * torch.randn(num_chunks, chunk_size, num_classes, generator=generator)
-    # The largest of C noisy logits grows like noise * sqrt(2 ln C): scale the favoured class's
-    # lead with it, so that the planned accuracy holds at any C.
-    lead = noise[..., 0] * math.sqrt(2 * math.log(num_classes))
-    confidence = torch.exp(uniform((num_chunks, 1), math.log(0.5), math.log(6.0), generator))
-    gap = lead * confidence * (0.5 + torch.rand(shape, generator=generator))
-    logits.scatter_add_(-1, favoured.unsqueeze(-1), gap.unsqueeze(-1))
-    runner_up = (~right) & (torch.rand(shape, generator=generator) < 0.6)
-    boost = gap * torch.rand(shape, generator=generator) * runner_up
-    logits.scatter_add_(-1, labels.unsqueeze(-1), boost.unsqueeze(-1))
-    return logits, noise[..., 0] * confidence
-
-
-def sample_long_tailed(num_chunks, chunk_size=128, num_classes=10, generator=None,
-                       imbalance=(1.0, 200.0), late_fraction=0.5, late_band=(0.85, 0.99),
-                       head_bias=(0.0, 3.0), return_priors=False):
-    """Logits (S, N, C) and labels (S, N) of long-tailed chunks, from a model that favours the
-    classes it saw most: accuracy, macro-F1 and balanced accuracy each spread over [0, 1], and
-    the class-aware two no longer rank chunks as accuracy does.
-
-    Per chunk: an imbalance ratio rho, log-uniform in ``imbalance``; class priors
-    p_c ∝ rho^(-r_c / (C - 1)) over a random ranking r of the classes (the exponential profile of
-    long-tailed CIFAR, Cui et al., CVPR 2019), from which the labels are drawn (rare classes may be
-    absent); the logits of :func:`sample_classification` for a target accuracy, plus
-    b s (log p_c - mean_c log p_c), with a head bias b uniform in ``head_bias`` and s the chunk's
-    logit scale (its noise level times its confidence), so that b shifts predictions alike at any
-    confidence: b = 0 is a model trained on balanced data, and as b grows the head classes are
-    over-predicted and the recall of the rare ones falls.
-
-    Args:
-        num_chunks (int): S >= 1.
-        chunk_size (int): N >= 1 predictions per chunk.
-        num_classes (int): C >= 2.
-        generator (torch.Generator, optional): the source of randomness.
-        imbalance (float or (float, float)): the range (low, high) of rho, 1 <= low <= high; one
-            number fixes it (1: balanced priors).
-        late_fraction (float): the share of chunks whose target accuracy is in ``late_band``.
-        late_band ((float, float)): the late-training accuracy band, 0 <= low <= high <= 1.
-        head_bias (float or (float, float)): the range of b, 0 <= low <= high; one number fixes
-            it.
-        return_priors (bool): also return the priors (S, C).
-
-    Returns:
-        tuple: logits (S, N, C) float32, labels (S, N) int64[, priors (S, C) float32].
-    """
-    check_count("num_chunks", num_chunks, 1)
-    check_count("chunk_size", chunk_size, 1)
-    check_count("num_classes", num_classes, 2)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"'generator' should be a torch.Generator or None but got "
-                        f"{type(generator).__name__}")
-    low, high = check_range("imbalance", imbalance, 1.0, math.inf)
-    if not is_real(late_fraction) or not 0 <= late_fraction <= 1:
-        raise ValueError(f"'late_fraction' should be a number in [0, 1] but got "
-                         f"{late_fraction!r}")
-    late_band = check_range("late_band", late_band, 0.0, 1.0, pair=True)
-    bias_low, bias_high = check_range("head_bias", head_bias, 0.0, math.inf)
-
-    ratio = torch.exp(uniform((num_chunks, 1), math.log(low), math.log(high), generator))
-    rank = torch.rand(num_chunks, num_classes, generator=generator).argsort(-1)
-    log_priors = torch.log_softmax(-rank / (num_classes - 1) * ratio.log(), -1)
-    priors = log_priors.exp()
-    labels = torch.multinomial(priors, chunk_size, replacement=True, generator=generator)
-    accuracy = quality(num_chunks, late_fraction, late_band, generator)
-    logits, scale = _logits_of_quality(labels, accuracy, num_classes, generator)
-    bias = scale * uniform((num_chunks, 1), bias_low, bias_high, generator)
-    logits += (bias * (log_priors - log_priors.mean(-1, keepdim=True))).unsqueeze(1)
-    return (logits, labels, priors) if return_priors else (logits, labels)
-
-
-# What ClassAwareSurrogate pretrains on: long-tailed chunks, where the class-aware metrics part
-# from accuracy (at 1000 classes a chunk of 128 holds too few of each class to tell them apart).
-ClassAwareSurrogate.sample = staticmethod(sample_long_tailed)
-ClassAwareSurrogate.sample_kinds = (dict(num_classes=10), dict(num_classes=100))
 
 
 def relabel(logits, labels, generator=None):
