@@ -139,3 +139,24 @@ def test_bad_architecture_arguments_are_named():
                          (dict(smoothing=0), "smoothing")):
         with pytest.raises(ValueError, match=f"'{name}' should"):
             reloss.ClassAwareSurrogate(**kwargs)
+
+
+def test_the_recipes_metric_file_is_worst_class_recall():
+    """projects/long_tailed_digits/worst_recall.py, the metric of docs/own_metric.md's recipe,
+    against scikit-learn's per-class recall."""
+    import importlib.util
+    import os
+
+    from sklearn.metrics import recall_score
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects",
+                        "long_tailed_digits", "worst_recall.py")
+    spec = importlib.util.spec_from_file_location("worst_recall", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    logits, labels = sample_long_tailed(50, 64, 10, torch.Generator().manual_seed(5))
+    values = module.worst_class_recall(logits, labels)
+    for z, y, value in zip(logits, labels, values, strict=True):
+        present = sorted(set(y.tolist()))
+        expected = recall_score(y, z.argmax(-1), labels=present, average=None).min()
+        assert float(value) == pytest.approx(expected)
