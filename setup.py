@@ -42,7 +42,7 @@ setup(
                    "xtcocotools>=1.14"],
         "fairseq": ["fairseq-fixed>=0.12.3", "sacrebleu>=2.6"],
         "transformers": ["transformers>=5.24", "accelerate>=1.15", "tokenizers>=0.23"],
-        "dev": ["pytest>=9.2", "hypothesis>=6.170", "ruff>=0.17", "scipy>=1.17",
-                "matplotlib>=3.11", "diffsort>=0.2", "scikit-learn>=1.9"],
+        "dev": ["pytest>=9.2", "pytest-xdist>=3.8", "hypothesis>=6.170", "ruff>=0.17",
+                "scipy>=1.17", "matplotlib>=3.11", "diffsort>=0.2", "scikit-learn>=1.9"],
     },
 )
