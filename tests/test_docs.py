@@ -105,7 +105,11 @@ def build_config_losses(namespace):
     if loss is not None:
         (module,) = namespace["custom_imports"]["imports"]
         host = importlib.import_module(module.split(".", 1)[1] + ".registry")
-        built = host.MODELS.build(loss)
+        from mmengine.registry import DefaultScope
+
+        # In the host's own scope: another test's Runner may have left its own as the default.
+        with DefaultScope.overwrite_default_scope(host.MODELS.scope):
+            built = host.MODELS.build(loss)
         assert type(built).__name__ == loss["type"]
 
 
