@@ -34,6 +34,8 @@ def test_frozen_evaluation_matches_autograd(classes, reduction, given):
     (grad_a,) = torch.autograd.grad(a.sum(), logits)
     (grad_b,) = torch.autograd.grad(b.sum(), logits)
     assert a.shape == b.shape
+    # Frequencies given and shared: the frozen evaluation; read from the labels: autograd's.
+    assert (type(a.grad_fn).__name__ == "_FrozenClassAwareBackward") == given
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(grad_a, grad_b, rtol=1e-6, atol=1e-9)
 
@@ -160,3 +162,19 @@ def test_the_recipes_metric_file_is_worst_class_recall():
         present = sorted(set(y.tolist()))
         expected = recall_score(y, z.argmax(-1), labels=present, average=None).min()
         assert float(value) == pytest.approx(expected)
+
+
+def test_frozen_evaluation_under_autocast():
+    """Under autocast (bf16 on the CPU) the frozen evaluation keeps its products in float32: the
+    value and gradient of the bf16 logits upcast, without autocast."""
+    surrogate = reloss.load_surrogate("cls-balanced")
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 10, generator=generator).bfloat16().requires_grad_()
+    labels = torch.randint(10, (32,), generator=generator)
+    priors = reloss.class_priors(long_tailed_counts(10))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = surrogate.frozen_mean(logits, labels, 2.0, priors)
+    b = surrogate.frozen_mean(logits.float(), labels, 2.0, priors)
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(*(torch.autograd.grad(v, logits)[0] for v in (a, b)))

@@ -374,3 +374,23 @@ def test_class_counts_that_do_not_fit_are_refused():
                                  class_counts=counts))
         with pytest.raises(ValueError, match=message):
             loss(logits, labels)
+
+
+@pytest.mark.parametrize("classes", [10, 1000])
+def test_class_counts_loss_is_the_surrogate_mean(classes):
+    """ReLossCls with class counts (its frozen evaluation, scale folded in) gives the value and
+    the gradient of the trainable surrogate's mean under autograd, times loss_weight and N /
+    avg_factor as mmpretrain's reduction does."""
+    counts = [100 ** (-c / (classes - 1)) for c in range(classes)]
+    loss = MODELS.build(dict(type="ReLossCls", checkpoint="cls-balanced", class_counts=counts,
+                             loss_weight=2.0))
+    plain = reloss.load_surrogate("cls-balanced", trainable=True)
+    generator = torch.Generator().manual_seed(classes)
+    logits = (3 * torch.randn(32, classes, generator=generator)).requires_grad_()
+    labels = torch.randint(classes, (32,), generator=generator)
+    ours = loss(logits, labels, avg_factor=16)
+    theirs = 2.0 * 2 * plain(logits, labels, priors=reloss.class_priors(counts))
+    assert type(ours.grad_fn).__name__ == "_FrozenClassAwareBackward"
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(*(torch.autograd.grad(v, logits)[0] for v in (ours, theirs)),
+                               rtol=1e-4, atol=1e-7)

@@ -87,6 +87,8 @@ class ReLossCls(FrozenSurrogateLoss):
                                  f"('cls-balanced', 'cls-macro-f1', ...) but checkpoint "
                                  f"{checkpoint!r} is a {type(self.surrogate).__name__}")
             self.priors = class_priors(class_counts)
+            # Whether a class has count 0: only then are the batch's labels checked against them.
+            self.some_absent = bool((self.priors == 0).any())
         self.label_smooth_val = check_non_negative("label_smooth_val", label_smooth_val)
         if self.label_smooth_val >= 1:
             raise ValueError(f"'label_smooth_val' should be in [0, 1) but got {label_smooth_val!r}")
@@ -157,10 +159,9 @@ class ReLossCls(FrozenSurrogateLoss):
             # mmpretrain's mean (the sum over avg_factor, which heads pass as N, or over N):
             # the surrogate's own mean, reduced inside its autograd node, then rescaled.
             factor = self.loss_weight * (1 if avg_factor is None else count / avg_factor)
-            if not inputs and label.dim() == 1 and (surrogate.frozen
-                                                    or not torch.is_grad_enabled()):
+            if label.dim() == 1 and (surrogate.frozen or not torch.is_grad_enabled()):
                 # Checked above: the frozen evaluation itself, its scale folded in.
-                return surrogate.frozen_mean(logits, label, factor)
+                return surrogate.frozen_mean(logits, label, factor, **inputs)
             loss = surrogate(logits, label, reduction="mean", **inputs)
             return loss if factor == 1 else loss * factor
         loss = surrogate(logits, label, reduction="none", **inputs)
@@ -184,6 +185,8 @@ class ReLossCls(FrozenSurrogateLoss):
                              f"'cls_score' {tuple(logits.shape)}, but holds {self.priors.numel()}")
         if self.priors.device != logits.device:
             self.priors = self.priors.to(logits.device)
+        if not self.some_absent:
+            return self.priors
         absent = self.priors == 0
         labelled = (label > 0).any(0) if label.dim() == 2 else torch.zeros_like(absent).index_fill_(
             0, label.long(), True)

@@ -1,6 +1,7 @@
 """Training-step time of a model with ReLoss against the loss it replaces, in one run.
 
     python -m tools.benchmarks.step [--task cls|pose|nat|qa] [--batch N] [--steps 20]
+                                   [--checkpoint cls|cls-balanced|cls-macro-f1|PATH]
                                    [--device cpu|cuda] [--amp bf16|fp16] [--tokens 32]
 
 'cls': the ReLoss paper's CIFAR ResNet-56 (``ResNetCIFARPaper``, 32x32 inputs) as an mmpretrain
@@ -176,12 +177,19 @@ def mm_case(case, args, device):
 def cls_case(args, device):
     from mmpretrain.structures import DataSample
 
-    losses = {"cross-entropy": dict(type="CrossEntropyLoss"), "ReLossCls": dict(type="ReLossCls")}
+    import reloss
+
+    ours = dict(type="ReLossCls", checkpoint=args.checkpoint)
+    if isinstance(reloss.load_surrogate(args.checkpoint), reloss.ClassAwareSurrogate):
+        # A long-tailed training set's counts (imbalance 100), as a config would give them.
+        ours["class_counts"] = [100 ** (-c / (args.classes - 1)) for c in range(args.classes)]
+    losses = {"cross-entropy": dict(type="CrossEntropyLoss"), "ReLossCls": ours}
     models = {name: classifier(args.depth, loss, args.classes) for name, loss in losses.items()}
     images = torch.randn(args.batch, 3, 32, 32, device=device)
     labels = torch.randint(args.classes, (args.batch,), device=device)
     samples = [DataSample().set_gt_label(label).to(device) for label in labels]
-    title = f"ResNet-{args.depth}, batch {args.batch} of 3x32x32, {args.classes} classes"
+    title = (f"ResNet-{args.depth}, batch {args.batch} of 3x32x32, {args.classes} classes, "
+             f"ReLossCls checkpoint '{args.checkpoint}'")
     return models, images, samples, title
 
 
@@ -216,6 +224,10 @@ def main(argv=None):
     parser.add_argument("--batch", type=int,
                         help="default 128 (cls), 32 (pose), 16 sentences (nat), 8 (qa)")
     parser.add_argument("--classes", type=int, default=10, help="cls: number of classes")
+    parser.add_argument("--checkpoint", default="cls",
+                        help="cls: ReLossCls's surrogate (default 'cls'); a class-aware one "
+                             "('cls-balanced', 'cls-macro-f1') is given the class counts of a "
+                             "long-tailed training set (imbalance 100)")
     parser.add_argument("--tokens", type=int,
                         help="nat: tokens per source and per target sentence, <bos> and <eos> "
                              "included (default 32); qa: tokens per sequence (default 384)")

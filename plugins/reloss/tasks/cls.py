@@ -343,36 +343,43 @@ class _FrozenClassAware(torch.autograd.Function):
     with its gradient written out: d L / d z = w(p_y) sum_k g_k'(u_k) (softmax(z + tau_k log p)
     - e_y). As exp(z_c + tau_k log p_c) = exp(z_c) p_c^tau_k, one exp of the logits serves every
     tau: the K sums are one product with the (C, K) powers p^tau, and so is the backward pass's
-    mix of the K softmaxes."""
+    mix of the K softmaxes. What depends on the label alone (-tau_k log p_y and the weight
+    w(p_y)) is one row per class of the table, gathered once; the steps of every tau are one
+    sigmoid over (N, K, J), their values one matrix-vector product and their slopes (in the
+    backward pass) one product with the heights laid out block-diagonally."""
 
     @staticmethod
-    def forward(ctx, logits, labels, powers, own_shift, table, scale=None):
-        centres, inverse_widths, heights, scaled_heights, slopes, beta, log_classes = table
+    def forward(ctx, logits, labels, table, scale=None):
+        (powers, powers_t, shifts, weights, offsets, inverse_widths, scaled_heights, slopes,
+         block, slope_row) = table
+        count = logits.shape[0]
         top = logits.amax(1, keepdim=True)
         exps = (logits - top).exp_()  # (N, C), each <= 1; times p^tau <= 1 never overflows
         sums = exps @ powers  # (N, K)
-        own = logits.gather(1, labels.view(-1, 1)).sub_(top)  # z_y - max
-        # u_k = log S_k - (z_y - max) - tau_k log p_y, laid out (K, N, 1) for the steps.
-        u = (sums.log() - own - own_shift[..., :-1]).T.unsqueeze(-1)
-        steps = (u - centres).mul_(inverse_widths).sigmoid_()  # (K, N, J)
-        weight = torch.exp((own_shift[:, -1] + log_classes) * -beta)  # w = (C p_y)^-beta, (N,)
+        # u_k = log S_k - tau_k log p_y - (z_y - max): (N, K).
+        u = sums.log().add_(shifts.index_select(0, labels)).sub_(
+            logits.gather(1, labels.view(-1, 1)).sub_(top))
+        steps = torch.addcmul(offsets, u.unsqueeze(-1), inverse_widths).sigmoid_()  # (N, K, J)
+        values = torch.addmv(u @ slopes, steps.view(count, -1), scaled_heights)  # sum_k g_k(u_k)
+        weight = weights.index_select(0, labels)  # w(p_y), (N, 1)
         if scale is not None:
             weight = weight * scale
-        values = (steps @ scaled_heights).squeeze(-1).addcmul_(slopes, u.squeeze(-1)).sum(0)
-        values = values.mul_(weight)
-        coefficient = ((steps - steps * steps) @ heights).squeeze(-1).add_(slopes).mul_(weight)
-        ctx.save_for_backward(exps, coefficient, sums, powers, labels)
-        return values.sum() if scale is not None else values
+        # g_k'(u_k) w(p_y) = (slope_k + sum_j h_kj s_kj (1 - s_kj)) w(p_y): (N, K).
+        coefficient = torch.addmm(slope_row, torch.addcmul(steps, steps, steps, value=-1).view(
+            count, -1), block).mul_(weight)
+        ctx.save_for_backward(exps, coefficient, sums, labels)
+        ctx.powers_t = powers_t
+        weight = weight.view(-1)
+        return values.mul_(weight) if scale is None else torch.dot(values, weight)
 
     @staticmethod
     def backward(ctx, grad_values):
-        exps, coefficient, sums, powers, labels = ctx.saved_tensors
+        exps, coefficient, sums, labels = ctx.saved_tensors
         coefficient = coefficient * (grad_values if grad_values.dim() == 0
-                                     else grad_values.view(1, -1))  # (K, N)
-        grad = (coefficient.T / sums) @ powers.T  # (N, C)
-        grad.mul_(exps)
-        grad.scatter_add_(1, labels.view(-1, 1), -coefficient.sum(0).view(-1, 1))
-        return grad, None, None, None, None, None
+                                     else grad_values.view(-1, 1))
+        total = coefficient.sum(1, keepdim=True).neg_()
+        grad = coefficient.div_(sums) @ ctx.powers_t  # (N, C)
+        return grad.mul_(exps).scatter_add_(1, labels.view(-1, 1), total), None, None, None
 
 
 class ClassAwareSurrogate(Surrogate):
@@ -430,7 +437,7 @@ class ClassAwareSurrogate(Surrogate):
         self.num_features = len(self.taus) + 1
         self.net = MonotoneSteps(len(self.taus), knots, span, linear)
         self.raw_beta = nn.Parameter(torch.tensor(math.log(beta / (1 - beta))))
-        self._frozen_table = self._powers_cache = None
+        self._frozen_table = None
 
     def config(self):
         return dict(taus=list(self.taus), knots=self.knots, span=self.span, linear=self.linear,
@@ -496,59 +503,83 @@ class ClassAwareSurrogate(Surrogate):
         return (values * weights).sum(-1) / weights.sum(-1).clamp_min(
             torch.finfo(values.dtype).tiny)
 
-    def _table(self, dtype, device):
-        """The learned parameters as plain tensors laid out for :class:`_FrozenClassAware`,
-        cached while they do not change."""
-        key = (dtype, device, self.net.version(), self.raw_beta._version)
-        if self._frozen_table is None or self._frozen_table[0] != key:
+    @property
+    def frozen(self):
+        return not (self.raw_beta.requires_grad or any(
+            p.requires_grad for p in self.net._parameters.values()))
+
+    def _table(self, priors, logits, target):
+        """For frequencies ``priors`` (C,) shared by the samples, the learned parameters and the
+        per-class quantities as plain tensors laid out for :class:`_FrozenClassAware`, and
+        whether a class has frequency 0; None for frequencies read from the labels or given per
+        sample. Kept while ``priors`` (the same tensor, unchanged), the parameters, the dtype
+        and the device stay the same: a loss's class counts are checked and laid out once."""
+        if not isinstance(priors, torch.Tensor) or priors.dim() != 1:
+            return None
+        key = (id(priors), priors._version, logits.dtype, logits.device, logits.shape[1],
+               self.net.version(), self.raw_beta._version)
+        if self._frozen_table is not None and self._frozen_table[0] == key and \
+                self._frozen_table[1] is priors:
+            return self._frozen_table[2]
+        log_priors = self._priors(priors, logits, target)[0]  # checked: (C,)
+        dtype, device = logits.dtype, logits.device
+        with torch.no_grad():
             centres, inverse_widths, heights, scaled_heights, slopes = \
                 self.net.frozen_parameters(dtype, device)
-            with torch.no_grad():
-                beta = float(self.beta)
-            table = (centres.unsqueeze(1), inverse_widths.unsqueeze(1), heights.unsqueeze(-1),
-                     scaled_heights.unsqueeze(-1), slopes.unsqueeze(1), beta)
-            # (tau_1, ..., tau_K, 1): what multiplies log p_y, (1, K + 1).
-            taus = torch.tensor([*self.taus, 1.0], dtype=dtype, device=device).view(1, -1)
-            self._frozen_table = (key, table, taus)
-        return self._frozen_table[1:]
+            taus = torch.tensor(self.taus, dtype=dtype, device=device)
+            powers = log_priors.exp().unsqueeze(1).pow(taus)  # 0^0 = 1: tau = 0 keeps them all
+            # -tau_k log p_c (0 at tau = 0, also for a class of frequency 0), then w(p_c).
+            shifts = torch.where(taus == 0, 0.0, -log_priors.unsqueeze(1) * taus)
+            weights = torch.exp(-float(self.beta) * (log_priors + math.log(logits.shape[1])))
+            table = (powers.contiguous(), powers.T.contiguous(), shifts, weights.unsqueeze(1),
+                     -centres * inverse_widths, inverse_widths, scaled_heights.reshape(-1),
+                     slopes, torch.block_diag(*heights.unsqueeze(-1)), slopes.view(1, -1))
+        entry = (table, bool(torch.isinf(log_priors).any()))
+        self._frozen_table = (key, priors, entry)
+        return entry
 
     def _frozen(self, pred, target, priors, scale):
-        """The frozen evaluation for hard labels (per-sample values, or with ``scale`` their
-        sum times it), or None where it does not apply (the autograd path then runs)."""
+        """The frozen evaluation for hard labels and shared frequencies (per-sample values, or
+        with ``scale`` their sum times it), or None where it does not apply (the autograd path
+        then runs)."""
         if not (self.frozen or not torch.is_grad_enabled()) or target.dim() != 1 or \
                 target.is_floating_point() or pred.dim() != 2 or not pred.is_floating_point() \
                 or target.shape[0] != pred.shape[0] or pred.shape[1] < 2:
             return None
-        logits = upcast_half(pred)
-        log_priors, powers = self._powers(priors, logits, target)
-        if log_priors.shape[0] != 1:
-            return None  # frequencies per sample: the autograd path
-        own = log_priors[0, target.long()]
-        if own.device.type == "cpu" and bool(torch.isinf(own).any()):
-            return None  # the autograd path names the class
-        table, taus = self._table(logits.dtype, logits.device)
-        # tau_k log p_y for each tau, then log p_y itself: (N, K + 1).
-        return _FrozenClassAware.apply(logits, target.long(), powers, own.unsqueeze(1) * taus,
-                                       table + (math.log(logits.shape[1]),), scale)
+        return self._frozen_values(upcast_half(pred), target.long(), priors, scale)
 
-    def _powers(self, priors, logits, target):
-        """(log frequencies (1, C) or (N, C), the powers p^tau_k (C, K) of shared ones, else
-        None); for the same ``priors`` tensor as the last call (a loss's class counts), the
-        checked ones kept."""
-        key = None if not isinstance(priors, torch.Tensor) else (
-            id(priors), priors._version, logits.dtype, logits.device,
-            tuple(logits.shape[-priors.dim():]))
-        if key is not None and self._powers_cache is not None and \
-                self._powers_cache[0] == key and self._powers_cache[1] is priors:
-            return self._powers_cache[2]
-        log_priors = self._priors(priors, logits, target)
-        powers = None
-        if log_priors.shape[0] == 1:  # 0^0 = 1: tau = 0 leaves a class without examples in
-            taus = torch.tensor(self.taus, dtype=logits.dtype, device=logits.device)
-            powers = log_priors.exp().T.pow(taus)
-        if key is not None:
-            self._powers_cache = (key, priors, (log_priors, powers))
-        return log_priors, powers
+    def _frozen_values(self, logits, labels, priors, scale):
+        entry = self._table(priors, logits, labels)
+        if entry is None:
+            return None
+        table, some_absent = entry
+        if some_absent and labels.device.type == "cpu" and bool(
+                torch.isinf(table[3].index_select(0, labels)).any()):
+            return None  # the autograd path names the class
+        if torch.is_autocast_enabled(logits.device.type):  # its products stay in the logits' dtype
+            with torch.autocast(logits.device.type, enabled=False):
+                return _FrozenClassAware.apply(logits, labels, table, scale)
+        return _FrozenClassAware.apply(logits, labels, table, scale)
+
+    def frozen_mean(self, logits, labels, scale=1.0, priors=None):
+        """``scale`` times the mean over samples of the values for hard labels, evaluated as a
+        frozen surrogate is where the frequencies ``priors`` (C,) are given (as
+        :meth:`ClassificationSurrogate.frozen_mean`: no gradient reaches the parameters), else
+        by :meth:`forward`. logits (N, C) float, C >= 2; labels (N,) integer class
+        indices in [0, C), not checked (``ReLossCls`` has checked them). 0 where N = 0."""
+        if not (isinstance(logits, torch.Tensor) and isinstance(labels, torch.Tensor)
+                and logits.dim() == 2 and logits.is_floating_point() and logits.shape[1] >= 2
+                and labels.dim() == 1 and labels.shape[0] == logits.shape[0]
+                and _integer(labels.dtype)):
+            _check_hard_labels(logits, labels)
+        if not logits.shape[0]:
+            return logits.sum() * 0
+        values = self._frozen_values(upcast_half(logits), labels.long(), priors,
+                                     scale / logits.shape[0])
+        if values is None:
+            values = self(logits, labels, priors=priors)
+            return values if scale == 1 else values * scale
+        return values
 
     def forward(self, pred, target, weight=None, reduction="mean", priors=None):
         """Per-sample losses, multiplied by ``weight`` (N,) if given, then reduced ('mean'
