@@ -344,42 +344,48 @@ class _FrozenClassAware(torch.autograd.Function):
     - e_y). As exp(z_c + tau_k log p_c) = exp(z_c) p_c^tau_k, one exp of the logits serves every
     tau: the K sums are one product with the (C, K) powers p^tau, and so is the backward pass's
     mix of the K softmaxes. What depends on the label alone (-tau_k log p_y and the weight
-    w(p_y)) is one row per class of the table, gathered once; the steps of every tau are one
-    sigmoid over (N, K, J), their values one matrix-vector product and their slopes (in the
-    backward pass) one product with the heights laid out block-diagonally."""
+    w(p_y)) is a table with a row per class, gathered; the steps of every tau are one product
+    with the inverse widths laid out block-diagonally and one sigmoid over (N, K J), their
+    values one matrix-vector product and their slopes one product with the heights laid out
+    block-diagonally. On a CPU, at 10 classes, the cost is the number of operations."""
 
     @staticmethod
     def forward(ctx, logits, labels, table, scale=None):
-        (powers, powers_t, shifts, weights, offsets, inverse_widths, scaled_heights, slopes,
-         block, slope_row) = table
-        count = logits.shape[0]
-        top = logits.amax(1, keepdim=True)
-        exps = (logits - top).exp_()  # (N, C), each <= 1; times p^tau <= 1 never overflows
+        powers, powers_t, shifts, weights, offsets, spread, scaled_heights, slopes, block, \
+            slope_row, scaled = table
+        index = labels.view(-1, 1)
+        shifted = logits - logits.amax(1, keepdim=True)
+        own = shifted.gather(1, index)  # z_y - max
+        exps = shifted.exp_()  # (N, C), each <= 1; times p^tau <= 1 never overflows
         sums = exps @ powers  # (N, K)
         # u_k = log S_k - tau_k log p_y - (z_y - max): (N, K).
-        u = sums.log().add_(shifts.index_select(0, labels)).sub_(
-            logits.gather(1, labels.view(-1, 1)).sub_(top))
-        steps = torch.addcmul(offsets, u.unsqueeze(-1), inverse_widths).sigmoid_()  # (N, K, J)
-        values = torch.addmv(u @ slopes, steps.view(count, -1), scaled_heights)  # sum_k g_k(u_k)
-        weight = weights.index_select(0, labels)  # w(p_y), (N, 1)
-        if scale is not None:
-            weight = weight * scale
+        u = sums.log().add_(shifts.index_select(0, labels)).sub_(own)
+        # sigmoid((u_k - c_kj) / w_kj) for every tau and step: one product with the (K, K J)
+        # block-diagonal 1 / w, (N, K J).
+        steps = torch.addmm(offsets, u, spread).sigmoid_()
+        values = torch.addmv(u @ slopes, steps, scaled_heights)  # sum_k g_k(u_k)
+        if scale is not None:  # w(p_c) times the scale, kept for the next call's scale
+            if scaled.get(scale) is None:
+                scaled.clear()
+                scaled[scale] = weights * scale
+            weights = scaled[scale]
+        weight = weights.index_select(0, labels)  # w(p_y) (times the scale), (N, 1)
         # g_k'(u_k) w(p_y) = (slope_k + sum_j h_kj s_kj (1 - s_kj)) w(p_y): (N, K).
-        coefficient = torch.addmm(slope_row, torch.addcmul(steps, steps, steps, value=-1).view(
-            count, -1), block).mul_(weight)
-        ctx.save_for_backward(exps, coefficient, sums, labels)
+        coefficient = torch.addmm(slope_row, torch.addcmul(steps, steps, steps, value=-1),
+                                  block).mul_(weight)
+        ctx.save_for_backward(exps, coefficient, sums, index)
         ctx.powers_t = powers_t
         weight = weight.view(-1)
         return values.mul_(weight) if scale is None else torch.dot(values, weight)
 
     @staticmethod
     def backward(ctx, grad_values):
-        exps, coefficient, sums, labels = ctx.saved_tensors
+        exps, coefficient, sums, index = ctx.saved_tensors
         coefficient = coefficient * (grad_values if grad_values.dim() == 0
                                      else grad_values.view(-1, 1))
         total = coefficient.sum(1, keepdim=True).neg_()
         grad = coefficient.div_(sums) @ ctx.powers_t  # (N, C)
-        return grad.mul_(exps).scatter_add_(1, labels.view(-1, 1), total), None, None, None
+        return grad.mul_(exps).scatter_add_(1, index, total), None, None, None
 
 
 class ClassAwareSurrogate(Surrogate):
@@ -532,8 +538,9 @@ class ClassAwareSurrogate(Surrogate):
             shifts = torch.where(taus == 0, 0.0, -log_priors.unsqueeze(1) * taus)
             weights = torch.exp(-float(self.beta) * (log_priors + math.log(logits.shape[1])))
             table = (powers.contiguous(), powers.T.contiguous(), shifts, weights.unsqueeze(1),
-                     -centres * inverse_widths, inverse_widths, scaled_heights.reshape(-1),
-                     slopes, torch.block_diag(*heights.unsqueeze(-1)), slopes.view(1, -1))
+                     (-centres * inverse_widths).view(1, -1),
+                     torch.block_diag(*inverse_widths.unsqueeze(1)), scaled_heights.reshape(-1),
+                     slopes, torch.block_diag(*heights.unsqueeze(-1)), slopes.view(1, -1), {})
         entry = (table, bool(torch.isinf(log_priors).any()))
         self._frozen_table = (key, priors, entry)
         return entry
