@@ -62,3 +62,30 @@ def test_refusals(tmp_path, capsys):
     with pytest.raises(SystemExit):
         imbalanced.main(["--regimes", "nope", "--out", str(tmp_path)])
     assert "'--regimes' takes" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains one model (a few seconds)
+def test_lt_predictions_stores_design_snapshots_and_refuses_held_out(tmp_path, capsys):
+    from reloss.predictions import load_predictions
+    from tools.benchmarks import lt_predictions
+
+    assert lt_predictions.snapshot_epochs(4) == [1, 2, 3, 4]
+    assert lt_predictions.snapshot_epochs(40)[-1] == 40
+    held_out = next(n for n, r in imbalanced.REGIMES.items() if r.split == "held-out")
+    with pytest.raises(SystemExit):
+        lt_predictions.main(["--regimes", held_out, "--out", str(tmp_path)])
+    assert "design regimes" in capsys.readouterr().err
+    out = tmp_path / "preds"
+    lt_predictions.main(["--regimes", "digits-10-cnn-sgd-30", "--arms", "la", "--seeds", "1",
+                         "--out", str(out)])
+    data = torch.load(out / "classes_10.pt", weights_only=True)
+    epochs = [s["epoch"] for s in data["snapshots"]]
+    assert epochs == lt_predictions.snapshot_epochs(30)
+    assert int(data["group"].max()) + 1 == len(epochs)
+    # Long-tailed like the training set: the largest class is drawn most often.
+    counts = torch.bincount(data["labels"][data["group"] == 0], minlength=10)
+    assert int(counts[0]) == 120 and int(counts[-1]) < 20
+    assert load_predictions(str(out / "classes_10.pt"), "cls", 64)
+    with pytest.raises(SystemExit):  # no overwrite without --force
+        lt_predictions.main(["--regimes", "digits-10-cnn-sgd-30", "--out", str(out)])
+    assert "--force" in capsys.readouterr().err

@@ -511,6 +511,8 @@ class ClassAwareSurrogate(Surrogate):
 
     @property
     def frozen(self):
+        """Whether no parameter requires a gradient (read from the parameters themselves: a
+        frozen loss asks at every call)."""
         return not (self.raw_beta.requires_grad or any(
             p.requires_grad for p in self.net._parameters.values()))
 
@@ -556,6 +558,8 @@ class ClassAwareSurrogate(Surrogate):
         return self._frozen_values(upcast_half(pred), target.long(), priors, scale)
 
     def _frozen_values(self, logits, labels, priors, scale):
+        """_FrozenClassAware on checked logits and int64 labels, or None where the frequencies
+        are not shared (C,) ones or a label falls in a class of frequency 0."""
         entry = self._table(priors, logits, labels)
         if entry is None:
             return None
