@@ -513,8 +513,7 @@ class ClassAwareSurrogate(Surrogate):
     def frozen(self):
         """Whether no parameter requires a gradient (read from the parameters themselves: a
         frozen loss asks at every call)."""
-        return not (self.raw_beta.requires_grad or any(
-            p.requires_grad for p in self.net._parameters.values()))
+        return not self.raw_beta.requires_grad and self.net.frozen
 
     def _table(self, priors, logits, target):
         """For frequencies ``priors`` (C,) shared by the samples, the learned parameters and the
