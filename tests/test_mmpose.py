@@ -204,3 +204,6 @@ def test_step_benchmark_runs(task, capsys):
     result = benchmark_step.main(["--task", task, "--steps", "1", "--warmup", "0",
                                   "--batch", "2", "--device", "cpu"])
     assert result["ratio"] > 0 and "ratio" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the long-tailed counts need two classes or more
+        benchmark_step.main(["--task", task, "--classes", "1", "--device", "cpu"])
+    assert "--classes should be at least 2 but got 1" in capsys.readouterr().err

@@ -241,6 +241,8 @@ def main(argv=None):
     if args.steps < 1 or args.batch < 1:
         parser.error(f"--steps and --batch should be positive but got {args.steps} and "
                      f"{args.batch}")
+    if args.classes < 2:
+        parser.error(f"--classes should be at least 2 but got {args.classes}")
     least, what = (64, "a question and a passage") if args.task == "qa" else (
         3, "<bos>, a word, <eos>")
     if args.tokens < least:
