@@ -215,7 +215,7 @@ def loss_function(arm, counts, surrogates):
         return ldam
     kind, name = arm.split(":", 1)
     surrogate, priors = surrogates[name], class_priors(counts)
-    scale = LDAM_SCALE if "cos" in _ingredients(kind) else 1.0
+    scale = logit_scale(arm)
     if "drw" not in _ingredients(kind):
         return lambda logits, labels, done: surrogate(scale * logits, labels, priors=priors)
     # w(p_c) = (C p_c)^-beta; dividing the samples' weights by it leaves every sample weighing 1.
@@ -235,6 +235,17 @@ def _ingredients(kind):
     return set(kind.split("+")[1:]) if kind.startswith("reloss") else set()
 
 
+def cosine_head(arm):
+    """Whether an arm trains on a :class:`CosineLinear` last layer."""
+    return "cos" in _ingredients(arm.split(":", 1)[0])
+
+
+def logit_scale(arm):
+    """What an arm's model outputs are multiplied by to give its logits: on a cosine last layer
+    the scale times the cosines, in training and so for the post-hoc adjustment too; else 1."""
+    return LDAM_SCALE if cosine_head(arm) else 1.0
+
+
 @torch.no_grad()
 def _logits(net, x, chunk=2000):
     net.eval()
@@ -250,8 +261,7 @@ def train(options, arm, seed, surrogates, quick=False, on_epoch=None):
     x, y = data["train"]
     epochs = max(1, options["epochs"] // 5) if quick else options["epochs"]
     torch.manual_seed(seed)
-    cosine = "cos" in _ingredients(arm.split(":", 1)[0])
-    net = model(options["model"], data["classes"], cosine=cosine)
+    net = model(options["model"], data["classes"], cosine=cosine_head(arm))
     if options["optimizer"] == "sgd":
         lr = 0.05
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -272,9 +282,7 @@ def train(options, arm, seed, surrogates, quick=False, on_epoch=None):
         optimizer.step()
         if on_epoch is not None and (step + 1 == len(batches) or batches[step + 1][0] != epoch):
             on_epoch(epoch + 1, net)
-    # On a cosine last layer the logits are the scale times the cosines, in training and so for
-    # the post-hoc adjustment too.
-    factor = LDAM_SCALE if cosine else 1.0
+    factor = logit_scale(arm)
     return {split: factor * _logits(net, data[split][0]) for split in
             ("val_balanced", "test_balanced", "val_imbalanced", "test_imbalanced")}
 

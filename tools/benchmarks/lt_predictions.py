@@ -58,7 +58,7 @@ def collect(regime, arm, seed, digits_largest=120):
                 imbalance=options["imbalance"])
     wanted = set(snapshot_epochs(options["epochs"]))
     generator = torch.Generator().manual_seed(seed)
-    factor = imbalanced.LDAM_SCALE if arm == "ldam-drw" else 1.0
+    factor = imbalanced.logit_scale(arm)
     out = []
 
     def store(epoch, net):
