@@ -54,8 +54,21 @@ def test_every_arm_trains_and_the_report_merges(tmp_path, capsys):
     assert "reloss:cls-balanced, tuned minus best anchor" in printed
     assert "reloss+cos+drw:cls-balanced, tuned minus best anchor" in printed
     assert "+- " in printed  # two seeds: paired with a standard error
+    assert "minus the anchor chosen on the other seeds" in printed
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     assert saved["provenance"]["surrogates"]["cls-balanced"]
+
+
+def test_chosen_anchor_is_picked_without_the_seed_it_is_paired_on():
+    """Leaving seed 2 out picks anchor 'a' (mean 11 against 10 over seeds 0 and 1), leaving out
+    seed 0 or 1 picks 'b' (15 against 11 or 12 over the other two)."""
+    value = {("a", True): {0: 12.0, 1: 10.0, 2: 12.0}, ("b", True): {0: 10.0, 1: 10.0, 2: 20.0},
+             ("s", True): {0: 13.0, 1: 13.0, 2: 13.0}}
+    gap = imbalanced.chosen_anchor_gap(value, ["a", "b"], "s")
+    assert gap == pytest.approx(((13 - 10) + (13 - 10) + (13 - 12)) / 3)
+    # The best anchor by its mean over all three seeds ('b', 13.33) is the stricter bar here.
+    assert gap > 13 - 40 / 3
+    assert imbalanced.chosen_anchor_gap({k: {0: 1.0} for k in value}, ["a", "b"], "s") is None
 
 
 def test_surrogate_variants_defer_the_class_weight_and_scale_the_cosines():

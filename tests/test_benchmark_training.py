@@ -405,3 +405,45 @@ def test_scaled_and_pinned_arms_are_the_two_losses_rescaled_by_c():
                                scale * functions["original"](logits, labels))
     torch.testing.assert_close(functions["pinned"](logits, labels),
                                surrogate(logits, labels) / scale)
+
+
+def test_mnist_unused_images_are_neither_trained_on_nor_the_test_set():
+    """cls_predictions stores logits on these: MNIST training images outside a regime's
+    balanced subset, with their true labels, a fixed draw."""
+    images, labels = reference_cls.mnist_unused(500, 300, 1)
+    assert images.shape == (300, 1, 28, 28) and labels.shape == (300,)
+    again = reference_cls.mnist_unused(500, 300, 1)
+    assert torch.equal(images, again[0]) and torch.equal(labels, again[1])
+    rows = {row.numpy().tobytes() for row in images.flatten(1)}
+    trained = reference_cls.mnist_data(500)["train"][0].flatten(1)
+    assert not rows & {row.numpy().tobytes() for row in trained}
+    tested = reference_cls.mnist_data(500)["test"][0].flatten(1)
+    assert not rows & {row.numpy().tobytes() for row in tested}
+    with pytest.raises(ValueError, match="'count' should be in"):
+        reference_cls.mnist_unused(500, 60000, 1)
+
+
+@pytest.mark.slow
+def test_cls_predictions_stores_design_snapshots_and_refuses_the_rest(tmp_path, capsys):
+    from reloss.predictions import load_predictions
+    from tools.benchmarks import cls_predictions
+
+    for regime in ("clean", "mnist-cnn-clean-adamw-10"):  # digits; held out
+        with pytest.raises(SystemExit):
+            cls_predictions.main(["--regimes", regime, "--out", str(tmp_path / "x.pt")])
+        assert "MNIST design regimes" in capsys.readouterr().err
+    out = tmp_path / "preds.pt"
+    cls_predictions.main(["--regimes", "mnist-mlp-clean-adamw-10", "--arms", "original",
+                          "--seeds", "1", "--images", "200", "--out", str(out)])
+    stored = torch.load(out, weights_only=True)
+    assert [s["done"] for s in stored["snapshots"]] == pytest.approx(
+        [k / 10 for k in range(1, 11)])
+    assert stored["logits"].shape == (2000, 10)
+    assert torch.equal(stored["labels"][:200], reference_cls.mnist_unused(1000, 200, 1)[1])
+    assert stored["snapshots"][-1]["accuracy"] > stored["snapshots"][0]["accuracy"] - 5
+    assert stored["snapshots"][-1]["accuracy"] > 80
+    chunks = load_predictions(str(out), "cls", 128)
+    assert len(chunks) == 10  # one chunk of 128 per snapshot of 200
+    with pytest.raises(SystemExit):
+        cls_predictions.main(["--regimes", "mnist-mlp-clean-adamw-10", "--out", str(out)])
+    assert "--force" in capsys.readouterr().err

@@ -221,6 +221,12 @@ def _class_indices(labels):
 def subset(images, labels, per_class, seed):
     """A class-balanced subset: ``per_class`` examples of every class, drawn at random (``seed``),
     kept in their original order. Returns (images, labels)."""
+    keep = subset_index(labels, per_class, seed)
+    return images[keep], labels[keep]
+
+
+def subset_index(labels, per_class, seed):
+    """The sorted indices of :func:`subset`'s draw."""
     if per_class < 1:
         raise ValueError(f"'per_class' should be at least 1 but got {per_class}")
     generator = torch.Generator().manual_seed(seed)
@@ -230,8 +236,7 @@ def subset(images, labels, per_class, seed):
             raise ValueError(f"'per_class' is {per_class} but class {label} has "
                              f"{index.numel()} examples")
         chosen.append(index[torch.randperm(index.numel(), generator=generator)[:per_class]])
-    keep = torch.cat(chosen).sort().values
-    return images[keep], labels[keep]
+    return torch.cat(chosen).sort().values
 
 
 def long_tailed_counts(imbalance, largest, classes=MNIST_CLASSES):

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools.benchmarks.data import long_tailed, mnist, subset
+from tools.benchmarks.data import long_tailed, mnist, subset, subset_index
 from tools.benchmarks.reference import Regime, regime
 
 METRIC = "test accuracy (%)"
@@ -198,6 +198,22 @@ def mnist_data(per_class, noise=0.0, imbalance=1.0, quick=False):
     return dict(train=_MNIST[key], curve=curve, test=curve if quick else test)
 
 
+def mnist_unused(per_class, count, seed):
+    """(images, labels) of ``count`` MNIST training images outside the balanced training subset
+    of ``per_class`` images per class (a draw with ``seed``), normalised as :func:`mnist_data`'s,
+    with their true labels: a validation set that no balanced MNIST regime with that
+    ``per_class`` trains on, and that is not the test set."""
+    images, labels = mnist("train")
+    unused = torch.ones(labels.numel(), dtype=torch.bool)
+    unused[subset_index(labels, per_class, DATA_SEED)] = False
+    unused = unused.nonzero().flatten()
+    if not 1 <= count <= unused.numel():
+        raise ValueError(f"'count' should be in [1, {unused.numel()}] but got {count}")
+    draw = unused[torch.randperm(unused.numel(), generator=torch.Generator().manual_seed(seed))]
+    draw = draw[:count].sort().values
+    return _normalised(images[draw]), labels[draw]
+
+
 class _Block(nn.Module):
     """A basic residual block with batch norm; a strided 1x1 convolution where the shape
     changes (the shortcut mmpretrain's ResNet_CIFAR uses)."""
@@ -265,9 +281,11 @@ def run(name, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None):
     return train(regime(REGIMES, name).options, loss_fn, seed, quick, progress, epochs, lr)
 
 
-def train(options, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None):
+def train(options, loss_fn, seed, quick=False, progress=None, epochs=None, lr=None,
+          on_checkpoint=None):
     """:func:`run` with a run's options (the module's docstring lists them) in place of a
-    regime's name."""
+    regime's name; ``on_checkpoint(done, net)`` is called after every tenth of training (done:
+    0.1 to 1.0), after the test accuracy is taken."""
     dataset = options.get("data", "digits")
     if dataset == "digits":
         x_train, y_train, x_test, y_test = data(options["noise"])
@@ -309,6 +327,8 @@ def train(options, loss_fn, seed, quick=False, progress=None, epochs=None, lr=No
             done = checkpoints[step]
             curve.append([done, accuracy(net, *((x_test, y_test) if done == 1.0
                                                  else (x_curve, y_curve)))])
+            if on_checkpoint is not None:
+                on_checkpoint(done, net)
             if progress is not None:
                 progress(done)
     return dict(curve=curve, final=curve[-1][1])
