@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import reloss
 from tools.benchmarks import data
@@ -447,3 +448,22 @@ def test_cls_predictions_stores_design_snapshots_and_refuses_the_rest(tmp_path, 
     with pytest.raises(SystemExit):
         cls_predictions.main(["--regimes", "mnist-mlp-clean-adamw-10", "--out", str(out)])
     assert "--force" in capsys.readouterr().err
+
+
+def test_cls_slope_measures_the_gradient_ratio_at_one_sample(capsys):
+    from tools.benchmarks import cls_slope
+
+    for value in (0.01, 1.0, 12.0):
+        logits, label = cls_slope.one_sample(value)
+        assert float(F.cross_entropy(logits, label)) == pytest.approx(value, rel=1e-6)
+
+    def doubled(logits, label, weight):
+        return 2 * F.cross_entropy(logits, label)
+
+    assert cls_slope.slope_ratios(doubled, grid=(0.1, 3.0)) == pytest.approx([2.0, 2.0])
+    lines = cls_slope.main(["cls"])
+    ratios = [float(cell) for cell in lines[-1].strip("|").split("|")[1:]]
+    assert len(ratios) == len(cls_slope.GRID) and all(r >= 0 for r in ratios)
+    with pytest.raises(SystemExit):
+        cls_slope.main(["cls-balanced"])
+    assert "not class-aware" in capsys.readouterr().err
