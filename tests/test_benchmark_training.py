@@ -467,3 +467,29 @@ def test_cls_slope_measures_the_gradient_ratio_at_one_sample(capsys):
     with pytest.raises(SystemExit):
         cls_slope.main(["cls-balanced"])
     assert "not class-aware" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cls_noisy_pretrain_ranks_by_the_true_labels(tmp_path, capsys):
+    """The chunks: about half keep every label, the others flip up to 40% of them, and the
+    metric the surrogate learns to rank by is the accuracy on the true labels."""
+    from reloss import load_surrogate
+    from reloss.tasks import get_task
+    from tools.benchmarks import cls_noisy_pretrain
+
+    generator = torch.Generator().manual_seed(0)
+    logits, seen, clean = cls_noisy_pretrain.noisy_chunks(400, 128, 10, generator, (0.85, 0.99))
+    flipped = (seen != clean).float().mean(-1)
+    assert 0.35 < float((flipped == 0).float().mean()) < 0.65
+    assert float(flipped.max()) <= 0.5 and float(flipped.mean()) > 0.05
+    task = get_task("cls")
+    surrogate = task.surrogate_class(None)(temperatures=[1.0])
+    data = cls_noisy_pretrain.prepared(surrogate, task, 192, generator)
+    assert data["metric"].shape == (192,)
+    figures = cls_noisy_pretrain.main(["--out", str(tmp_path), "--train-chunks", "192",
+                                       "--steps", "5"])
+    assert -1 <= figures["surrogate"]["full"] <= 1
+    assert load_surrogate(str(tmp_path / "surrogate.pt")).task == "cls"
+    with pytest.raises(SystemExit):
+        cls_noisy_pretrain.main(["--out", str(tmp_path)])
+    assert "--force" in capsys.readouterr().err
