@@ -16,7 +16,6 @@ the held-out Spearman of the surrogate and of cross-entropy with the clean-label
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -27,6 +26,7 @@ from reloss.checkpoint import save_surrogate
 from reloss.tasks import get_task
 from reloss.tasks.base import quality, uniform
 from reloss.tasks.cls import _logits_of_quality
+from tools.benchmarks import experiment
 
 NOISE = (0.0, 0.4)  # the share of flipped labels in a noisy chunk
 NOISY_CHUNKS = 0.5  # the share of chunks with flipped labels
@@ -65,10 +65,7 @@ def prepared(surrogate, task, chunks, generator):
 
 
 def main(argv=None):
-    head, _, rest = __doc__.partition("\n")
-    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.cls_noisy_pretrain",
-                                     description=head, epilog=rest.strip("\n"),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment.doc_parser(__doc__, "tools.benchmarks.cls_noisy_pretrain")
     parser.add_argument("--out", required=True, help="folder to write surrogate.pt to")
     parser.add_argument("--force", action="store_true", help="replace OUT/surrogate.pt")
     parser.add_argument("--seed", type=int, default=0)

@@ -16,13 +16,13 @@ The model seeds start at ``--first-seed`` (default 100), away from the matrix's 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import torch
 
 import reloss
+from tools.benchmarks import experiment
 from tools.benchmarks.reference import cls
 
 ARMS = ("original", "surrogate")
@@ -49,10 +49,7 @@ def collect(regime, loss_fn, seed, images, labels):
 
 
 def main(argv=None):
-    head, _, rest = __doc__.partition("\n")
-    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.cls_predictions",
-                                     description=head, epilog=rest.strip("\n"),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment.doc_parser(__doc__, "tools.benchmarks.cls_predictions")
     parser.add_argument("--out", required=True, help="file to write (.pt)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     design = design_regimes()

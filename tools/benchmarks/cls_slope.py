@@ -11,7 +11,6 @@ its logits is printed, as a markdown table:
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 import reloss
 from reloss.tasks.cls import ClassAwareSurrogate
+from tools.benchmarks import experiment
 
 GRID = (0.01, 0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0)
 
@@ -46,10 +46,7 @@ def slope_ratios(surrogate, grid=GRID, classes=10):
 
 
 def main(argv=None):
-    head, _, rest = __doc__.partition("\n")
-    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.cls_slope",
-                                     description=head, epilog=rest.strip("\n"),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment.doc_parser(__doc__, "tools.benchmarks.cls_slope")
     parser.add_argument("surrogates", nargs="+", metavar="SURROGATE",
                         help="shipped names or checkpoint paths of cls surrogates")
     args = parser.parse_args(argv)

@@ -39,15 +39,19 @@ from dataclasses import dataclass, field
 RESULTS = ("results.md", "results.json", "curves.png")
 
 
-def parser(doc, name, seeds, out=None, module=None):
-    """An argument parser described by a tool's docstring (its first line, then the rest after
-    the options), with ``--out`` (default ``out``, else work_dirs/NAME/<date>_<time>),
-    ``--force``, ``--seeds`` (default ``seeds``) and ``--first-seed``; its usage line reads
-    ``python -m MODULE``."""
+def doc_parser(doc, module=None):
+    """An argument parser described by a tool's docstring: its first line, then the rest after
+    the options, as written; its usage line reads ``python -m MODULE``."""
     head, _, rest = doc.partition("\n")
-    result = argparse.ArgumentParser(prog=f"python -m {module}" if module else None,
-                                     description=head, epilog=rest.strip("\n"),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(prog=f"python -m {module}" if module else None,
+                                   description=head, epilog=rest.strip("\n"),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parser(doc, name, seeds, out=None, module=None):
+    """:func:`doc_parser` with ``--out`` (default ``out``, else work_dirs/NAME/<date>_<time>),
+    ``--force``, ``--seeds`` (default ``seeds``) and ``--first-seed``."""
+    result = doc_parser(doc, module)
     default = out or os.path.join("work_dirs", name, time.strftime("%Y%m%d_%H%M%S"))
     result.add_argument("--out", default=default,
                         help=f"output folder (default {out or f'work_dirs/{name}/<date>_<time>'})")

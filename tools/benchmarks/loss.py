@@ -19,13 +19,14 @@ counted once each, the predictions themselves left out (they are held in any cas
 """
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+
+from tools.benchmarks import experiment
 
 SIZES = dict(cls=((128, 10), (128, 1000)), pose=((64, 17, 64, 48),), nat=((32, 32, 32000),))
 DEFAULT_REPEATS = dict(cls=400, pose=60, nat=10)
@@ -144,10 +145,7 @@ def saved_bytes(loss, inputs):
 
 
 def main(argv=None):
-    head, _, rest = __doc__.partition("\n")
-    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.loss", description=head,
-                                     epilog=rest.strip("\n"),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment.doc_parser(__doc__, "tools.benchmarks.loss")
     parser.add_argument("--task", nargs="+", choices=sorted(CASES), default=["cls", "pose"])
     parser.add_argument("--repeats", type=int,
                         help=f"timed repeats of each loss (default {DEFAULT_REPEATS})")

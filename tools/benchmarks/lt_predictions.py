@@ -19,13 +19,12 @@ The model seeds start at ``--first-seed`` (default 100), away from the benchmark
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import torch
 
-from tools.benchmarks import imbalanced
+from tools.benchmarks import experiment, imbalanced
 from tools.benchmarks.data import long_tailed_counts
 
 FRACTIONS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)  # of training, when to store
@@ -71,10 +70,7 @@ def collect(regime, arm, seed, digits_largest=120):
 
 
 def main(argv=None):
-    head, _, rest = __doc__.partition("\n")
-    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.lt_predictions",
-                                     description=head, epilog=rest.strip("\n"),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment.doc_parser(__doc__, "tools.benchmarks.lt_predictions")
     parser.add_argument("--out", required=True, help="folder to write classes_C.pt to")
     parser.add_argument("--force", action="store_true",
                         help="replace the classes_C.pt files --out already holds")
