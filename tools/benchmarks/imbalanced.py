@@ -249,14 +249,6 @@ def logit_scale(arm):
     return LDAM_SCALE if cosine_head(arm) else 1.0
 
 
-@torch.no_grad()
-def _logits(net, x, chunk=2000):
-    net.eval()
-    out = torch.cat([net(part) for part in x.split(chunk)])
-    net.train()
-    return out
-
-
 def train(options, arm, seed, surrogates, quick=False, on_epoch=None):
     """Train one model; returns its logits on the four evaluation sets. ``on_epoch(epoch, net)``,
     if given, is called after each epoch (1 to the number of epochs)."""
@@ -286,7 +278,7 @@ def train(options, arm, seed, surrogates, quick=False, on_epoch=None):
         if on_epoch is not None and (step + 1 == len(batches) or batches[step + 1][0] != epoch):
             on_epoch(epoch + 1, net)
     factor = logit_scale(arm)
-    return {split: factor * _logits(net, data[split][0]) for split in
+    return {split: factor * reference_cls.logits(net, data[split][0], 2000) for split in
             ("val_balanced", "test_balanced", "val_imbalanced", "test_imbalanced")}
 
 

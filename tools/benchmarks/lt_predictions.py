@@ -26,6 +26,7 @@ import torch
 
 from tools.benchmarks import experiment, imbalanced
 from tools.benchmarks.data import long_tailed_counts
+from tools.benchmarks.reference import cls
 
 FRACTIONS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)  # of training, when to store
 
@@ -63,7 +64,7 @@ def collect(regime, arm, seed, digits_largest=120):
     def store(epoch, net):
         if epoch in wanted:
             x, y = validation_view(options["data"], data, generator, digits_largest)
-            out.append((epoch, factor * imbalanced._logits(net, x), y))
+            out.append((epoch, factor * cls.logits(net, x, 2000), y))
 
     imbalanced.train(options, arm, seed, {}, on_epoch=store)
     return out

@@ -263,11 +263,19 @@ def model(name="cnn"):
 
 
 @torch.no_grad()
-def accuracy(net, images, labels, chunk=1000):
-    """Accuracy (%) over ``images`` in chunks of ``chunk`` (eval mode, then back to train)."""
+def logits(net, images, chunk=1000):
+    """``net``'s logits for ``images``, in chunks of ``chunk``, without gradient (eval mode, then
+    back to train)."""
     net.eval()
-    predicted = torch.cat([net(part).argmax(-1) for part in images.split(chunk)])
+    with torch.no_grad():
+        out = torch.cat([net(part) for part in images.split(chunk)])
     net.train()
+    return out
+
+
+def accuracy(net, images, labels, chunk=1000):
+    """Accuracy (%) over ``images`` (:func:`logits`)."""
+    predicted = logits(net, images, chunk).argmax(-1)
     return 100.0 * float((predicted == labels).float().mean())
 
 
