@@ -207,3 +207,25 @@ def test_step_benchmark_runs(task, capsys):
     with pytest.raises(SystemExit):  # the long-tailed counts need two classes or more
         benchmark_step.main(["--task", task, "--classes", "1", "--device", "cpu"])
     assert "--classes should be at least 2 but got 1" in capsys.readouterr().err
+
+
+def test_compiled_loss_matches_the_eager_loss():
+    """Under torch.compile (mmengine's ``compile``) ReLossPose traces as it is."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    loss = MODELS.build(dict(type="ReLossPose", use_target_weight=True))
+    net, x = torch.nn.Conv2d(3, 17, 1), torch.randn(4, 3, 16, 12)
+    target, weights = torch.rand(4, 17, 16, 12), (torch.rand(4, 17) > 0.2).float()
+
+    def step():
+        net.zero_grad()
+        value = loss(net(x), target, weights)
+        value.backward()
+        return value.detach(), [p.grad.clone() for p in net.parameters()]
+
+    (value, grads), (eager, eager_grads) = torch.compile(step, backend="aot_eager")(), step()
+    torch.testing.assert_close(value, eager)
+    for mine, theirs in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(mine, theirs)

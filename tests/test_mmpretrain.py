@@ -1,4 +1,5 @@
 """ReLossCls and the CIFAR ResNets in mmpretrain, driven through the real mmengine Runner."""
+import math
 import os
 import sys
 
@@ -394,3 +395,36 @@ def test_class_counts_loss_is_the_surrogate_mean(classes):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(*(torch.autograd.grad(v, logits)[0] for v in (ours, theirs)),
                                rtol=1e-4, atol=1e-7)
+
+
+def test_compiled_model_trains_with_relosscls(image_root, tmp_path):
+    """mmengine's ``compile`` (torch.compile of the model's train step, the loss inside it):
+    the loss takes its autograd path there, as the written-out one cannot be traced."""
+    extra = RESNET20 + "compile = dict(backend='aot_eager')"
+    config = write_config(tmp_path / "cfg.py", image_root, extra=extra)
+    runner = train.main([config, "--work-dir", str(tmp_path / "run")])
+    assert runner.train_loop.iter == 5
+    assert math.isfinite(runner.message_hub.get_scalar("train/loss").current())
+
+
+@pytest.mark.parametrize("checkpoint", ["cls", "cls-balanced"])
+def test_compiled_loss_matches_the_eager_loss(checkpoint):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    counts = [100 ** (-c / 9) for c in range(10)] if checkpoint != "cls" else None
+    loss = reloss.mmpretrain.ReLossCls(checkpoint=checkpoint, class_counts=counts)
+    net, x, y = torch.nn.Linear(8, 10), torch.randn(32, 8), torch.randint(10, (32,))
+
+    def step():
+        net.zero_grad()
+        value = loss(net(x), y, avg_factor=32)
+        value.backward()
+        return value.detach(), [p.grad.clone() for p in net.parameters()]
+
+    compiled = torch.compile(step, backend="aot_eager")
+    (value, grads), (eager, eager_grads) = compiled(), step()
+    torch.testing.assert_close(value, eager)
+    for mine, theirs in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(mine, theirs)

@@ -1,7 +1,7 @@
 """The learned losses alone against the losses they replace: forward + backward time, in one run.
 
     python -m tools.benchmarks.loss [--task cls pose nat] [--repeats 200] [--threads 1]
-                                   [--device cpu|cuda]
+                                   [--device cpu|cuda] [--compile]
 
 'cls': ``F.cross_entropy`` against ``ReLossCls`` (reloss.mmpretrain, as a head calls it), the
 bare frozen surrogate (``reloss.load_surrogate('cls')``) and the class-aware
@@ -16,6 +16,10 @@ that rotates from repeat to repeat, so that drifts in machine speed hit every lo
 the median of each and its ratio to the original loss of the same run, and the memory each loss
 holds from its forward to its backward pass: the tensors autograd saves for the backward pass,
 counted once each, the predictions themselves left out (they are held in any case).
+
+``--compile`` times every loss, the original included, through ``torch.compile`` (default
+backend, shapes static), as a model compiled with its loss (mmengine's ``compile=True``) runs
+it; the warm-up repeats (at least 3) take the compilation.
 """
 from __future__ import annotations
 
@@ -152,6 +156,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--compile", action="store_true",
+                        help="every loss through torch.compile")
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats should be positive but got {args.repeats}")
@@ -165,15 +171,20 @@ def main(argv=None):
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"cpu ({cpu_name()})")
     print(f"{where}, {torch.get_num_threads()} threads, torch {torch.__version__}; median ms of "
-          f"forward + backward, losses interleaved")
+          f"forward + backward, losses interleaved" + (", each through torch.compile"
+                                                       if args.compile else ""))
     print("| size | loss | median ms | / original | held for backward, MB | / original |")
     print("|---|---|---|---|---|---|")
     record = []
     for task in args.task:
         for size in SIZES[task]:
             title, inputs, losses = CASES[task](size, device)
+            if args.compile:
+                losses = {name: torch.compile(loss, dynamic=False)
+                          for name, loss in losses.items()}
             repeats = args.repeats or DEFAULT_REPEATS[task]
-            times = time_losses(losses, inputs, repeats, args.warmup, device)
+            warmup = max(args.warmup, 3) if args.compile else args.warmup
+            times = time_losses(losses, inputs, repeats, warmup, device)
             medians = {name: statistics.median(values) for name, values in times.items()}
             held = {name: saved_bytes(loss, inputs) for name, loss in losses.items()}
             original = next(iter(medians.values()))
@@ -184,7 +195,8 @@ def main(argv=None):
                       f"| {held[name] / original_held:.2f} |", flush=True)
                 record.append(dict(task=task, size=list(size), loss=name, ms=value,
                                    ratio=ratio, repeats=repeats, saved_bytes=held[name],
-                                   saved_ratio=held[name] / original_held))
+                                   saved_ratio=held[name] / original_held,
+                                   compiled=args.compile))
     return record
 
 

@@ -162,6 +162,8 @@ class ClassificationSurrogate(Surrogate):
                 and _integer(labels.dtype)):
             _check_hard_labels(logits, labels)
         count = logits.shape[0]
+        if torch.compiler.is_compiling():  # see forward
+            return self(logits, labels) * scale if count else logits.sum() * 0
         values = frozen_values(self.net, self.temperatures, upcast_half(logits),
                                labels.long().unsqueeze(1), None, scale / count if count else None,
                                self._tables)
@@ -188,7 +190,9 @@ class ClassificationSurrogate(Surrogate):
             if tuple(weight.shape) != (pred.shape[0],):
                 raise ValueError(f"'weight' should be (N,) = ({pred.shape[0]},) sample weights "
                                  f"but got {tuple(weight.shape)}")
-        if torch.is_grad_enabled() and not self.frozen:
+        # Under torch.compile the same values by autograd: the written-out evaluation is a
+        # custom autograd Function with cached tables that the compiler cannot trace.
+        if torch.is_grad_enabled() and not self.frozen or torch.compiler.is_compiling():
             if weights is None:
                 weights = torch.ones(index.shape, dtype=logits.dtype, device=logits.device)
             values = self.head(_tempered_cross_entropy(logits, index, self.temperatures), weights)
@@ -560,7 +564,10 @@ class ClassAwareSurrogate(Surrogate):
 
     def _frozen_values(self, logits, labels, priors, scale):
         """_FrozenClassAware on checked logits and int64 labels, or None where the frequencies
-        are not shared (C,) ones or a label falls in a class of frequency 0."""
+        are not shared (C,) ones or a label falls in a class of frequency 0, or under
+        torch.compile (which cannot trace the custom Function and its cached table)."""
+        if torch.compiler.is_compiling():
+            return None
         entry = self._table(priors, logits, labels)
         if entry is None:
             return None
