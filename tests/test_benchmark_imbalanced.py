@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import reloss
 from tools.benchmarks import imbalanced
 
 
@@ -134,3 +135,50 @@ def test_lt_predictions_stores_design_snapshots_and_refuses_held_out(tmp_path, c
     with pytest.raises(SystemExit):  # no overwrite without --force
         lt_predictions.main(["--regimes", "digits-10-cnn-sgd-30", "--out", str(out)])
     assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains two models (a few seconds each)
+def test_lt_generalisation_ranks_training_predictions_by_validation_score(tmp_path, capsys):
+    from reloss import pretrain as core
+    from tools.benchmarks import lt_generalisation as ltg
+
+    held_out = next(n for n, r in imbalanced.REGIMES.items() if r.split == "held-out")
+    with pytest.raises(SystemExit, match="design regimes"):
+        ltg.main(["collect", "--regimes", held_out, "--out", str(tmp_path / "x.pt")])
+    out = tmp_path / "snapshots.pt"
+    ltg.main(["collect", "--regimes", "digits-10-cnn-sgd-30", "--arms", "ce", "--seeds", "2",
+              "--train-samples", "300", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--force"):
+        ltg.main(["collect", "--regimes", "digits-10-cnn-sgd-30", "--out", str(out)])
+    snapshots = torch.load(out, weights_only=True)["snapshots"]
+    epochs = ltg.snapshot_epochs(30, ltg.FRACTIONS)
+    assert [s["epoch"] for s in snapshots] == epochs * 2
+    assert [s["seed"] for s in snapshots] == [100] * len(epochs) + [101] * len(epochs)
+    counts = torch.tensor(imbalanced.dataset("digits", 10)["counts"])
+    for s in snapshots:
+        assert s["logits"].shape == (300, 10) and s["labels"].shape == (300,)
+        assert 0 <= s["scores"]["balanced"] <= 100 and 0 <= s["scores"]["macro-f1"] <= 100
+    # 300 of the regime's 461 training examples, drawn without replacement: long-tailed as it is.
+    drawn = torch.bincount(snapshots[0]["labels"], minlength=10)
+    assert bool((drawn <= counts).all()) and drawn[0] > 3 * drawn[9]
+    # Training helps: the last snapshot validates better than the first.
+    assert snapshots[len(epochs) - 1]["scores"]["balanced"] > snapshots[0]["scores"]["balanced"]
+
+    surrogate = reloss.load_surrogate("cls-balanced", trainable=True)
+    train, val = ltg.prepared_snapshots(surrogate, snapshots, "balanced", 3, 64,
+                                        torch.Generator().manual_seed(0))
+    assert train["metric"].numel() == val["metric"].numel() == 3 * len(epochs)
+    assert set(train["stratum"].tolist()) == {1}
+    assert sorted(set(val["metric"].tolist())) == sorted(
+        {s["scores"]["balanced"] / 100 for s in snapshots if s["seed"] == 101})
+    assert len(core.strata_of(train)) == 1
+
+    folder = tmp_path / "learned"
+    ltg.main(["pretrain", str(out), "--out", str(folder), "--synthetic", "40", "--steps", "4",
+              "--chunks", "3", "--chunk-size", "64"])
+    table = capsys.readouterr().out
+    assert "| synthetic |" in table and "| digits-10-cnn-sgd-30 |" in table
+    learned = reloss.load_surrogate(str(folder / "surrogate.pt"))  # checked against its card
+    assert isinstance(learned, reloss.ClassAwareSurrogate)
+    with pytest.raises(SystemExit, match="--force"):
+        ltg.main(["pretrain", str(out), "--out", str(folder)])

@@ -70,6 +70,52 @@ def test_pretraining_learns_and_is_reproducible(tmp_path):
     assert digests[0] == digests[1]
 
 
+def test_strata_are_ranked_apart_and_one_stratum_changes_nothing(monkeypatch):
+    """With a ``stratum`` key each step draws from one stratum (in turn) and validation averages
+    the correlation within strata; a single stratum trains exactly as no stratum does."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    first = TASKS["cls"].surrogate()
+    train = pretrain.prepare_batches(first, "cls", pretrain.synthetic_chunks("cls", 90, generator))
+    val = pretrain.prepare_batches(first, "cls", pretrain.synthetic_chunks("cls", 60, generator))
+    state = {key: value.clone() for key, value in first.state_dict().items()}
+    band = TASKS["cls"].band
+    pretrain.pretrain(first, train, val, band, steps=6, chunks_per_step=32, eval_every=3)
+    second = TASKS["cls"].surrogate()
+    second.load_state_dict(state)
+    single = dict(train, stratum=torch.zeros(90, dtype=torch.long))
+    pretrain.pretrain(second, single, dict(val, stratum=torch.zeros(60, dtype=torch.long)), band,
+                      steps=6, chunks_per_step=32, eval_every=3)
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+
+    # Three strata of 30, 30 and 30 chunks: every step's batch lies in one, in turn.
+    stratum = torch.arange(90) % 3
+    seen = []
+    real = pretrain.objective
+
+    def recording(surrogate, batch, *args, **kwargs):
+        seen.append(sorted(set(batch["stratum"].tolist())))
+        return real(surrogate, batch, *args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "objective", recording)
+    pretrain.pretrain(second, dict(train, stratum=stratum), val, None, steps=6,
+                      chunks_per_step=32, eval_every=3)
+    assert seen == [[0], [1], [2], [0], [1], [2]]
+
+    # Validation within strata: two strata whose metrics live on different scales, each ranked
+    # perfectly by the loss, but not across them.
+    losses = pretrain.chunk_losses(second, val)
+    metric = -losses.clone()
+    metric[30:] += 100.0 + 3 * (losses[30:].max() - losses[:30].min()).abs()
+    parted = dict(val, metric=metric, stratum=(torch.arange(60) >= 30).long())
+    inner = pretrain.stratified_correlations(second, parted, None)
+    assert inner["full"] == pytest.approx(1.0) and inner["band"] is None
+    whole = pretrain.stratified_correlations(second, dict(parted, stratum=torch.zeros(
+        60, dtype=torch.long)), None)
+    assert whole["full"] < 0.99
+
+
 def run_tool(args):
     return pretrain_command.main(args)
 

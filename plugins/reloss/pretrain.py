@@ -164,11 +164,38 @@ def chunk_losses(surrogate: Surrogate, data: dict, batch: int = 512) -> torch.Te
 
 
 def correlations(losses, metric, band):
-    """Spearman(-loss, metric) on all chunks and on those whose metric lies in ``band``."""
-    in_band = (metric >= band[0]) & (metric <= band[1])
+    """Spearman(-loss, metric) on all chunks and on those whose metric lies in ``band`` (None:
+    no band)."""
     full = float(spearman(-losses, metric))
+    if band is None:
+        return dict(full=full, band=None, chunks=int(metric.numel()), band_chunks=0)
+    in_band = (metric >= band[0]) & (metric <= band[1])
     banded = float(spearman(-losses[in_band], metric[in_band])) if in_band.sum() >= 2 else None
     return dict(full=full, band=banded, chunks=int(metric.numel()), band_chunks=int(in_band.sum()))
+
+
+def strata_of(data):
+    """The chunk indices of each stratum of prepared ``data`` (its optional ``stratum`` (S,)
+    integer key; one stratum of all chunks without it), in the order of the stratum numbers."""
+    stratum = data.get("stratum")
+    if stratum is None:
+        return [torch.arange(data["metric"].shape[0])]
+    return [torch.nonzero(stratum == s).flatten() for s in torch.unique(stratum)]
+
+
+def stratified_correlations(surrogate, data, band):
+    """:func:`correlations` taken within each stratum of ``data`` (see :func:`strata_of`) and
+    averaged over them: chunks of different strata (e.g. models of different datasets, whose
+    losses and metrics live on different scales) are never compared."""
+    losses = chunk_losses(surrogate, data)
+    parts = [correlations(losses[i], data["metric"][i], band) for i in strata_of(data)]
+    if len(parts) == 1:
+        return parts[0]
+    bands = [p["band"] for p in parts if p["band"] is not None]
+    return dict(full=sum(p["full"] for p in parts) / len(parts),
+                band=sum(bands) / len(bands) if bands else None,
+                chunks=sum(p["chunks"] for p in parts),
+                band_chunks=sum(p["band_chunks"] for p in parts))
 
 
 def gradient_norms(surrogate, data, batch=512):
@@ -210,6 +237,10 @@ def pretrain(surrogate: Surrogate, train: dict, val: dict, band: tuple[float, fl
     the full-range and the late-band figure); training stops after ``patience`` evaluations
     without improvement and the best weights are kept. Everything is seeded by ``seed``.
 
+    Data with a ``stratum`` key (S,) (see :func:`strata_of`) is ranked within strata only: each
+    step draws its chunks from one stratum, the strata taking turns, and the validation figure
+    is the mean over ``val``'s strata. ``band`` None ranks over the whole range only.
+
     The penalty weight ramps up linearly over the first ``warmup`` steps: a freshly initialised
     net may rank the wrong way round, and turning it round passes through a flat loss, which the
     full penalty would forbid.
@@ -220,14 +251,18 @@ def pretrain(surrogate: Surrogate, train: dict, val: dict, band: tuple[float, fl
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(surrogate.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    count = train["metric"].shape[0]
-    order, cursor = torch.randperm(count, generator=generator), 0
+    strata = strata_of(train)
+    orders = [members[torch.randperm(members.numel(), generator=generator)] for members in strata]
+    cursors = [0] * len(strata)
     best, best_state, waited, history = float("-inf"), None, 0, []
     for step in range(1, steps + 1):
-        if cursor + chunks_per_step > count:
-            order, cursor = torch.randperm(count, generator=generator), 0
-        index = order[cursor:cursor + chunks_per_step]
-        cursor += chunks_per_step
+        turn = (step - 1) % len(strata)
+        members = strata[turn]
+        if cursors[turn] + chunks_per_step > members.numel():  # a stratum smaller: all of it
+            orders[turn] = members[torch.randperm(members.numel(), generator=generator)]
+            cursors[turn] = 0
+        index = orders[turn][cursors[turn]:cursors[turn] + chunks_per_step]
+        cursors[turn] += chunks_per_step
         surrogate.train()
         weight = penalty_weight * min(1.0, step / warmup) if warmup else penalty_weight
         loss, rho, value = objective(surrogate, select(train, index), band, weight, tolerance,
@@ -239,7 +274,7 @@ def pretrain(surrogate: Surrogate, train: dict, val: dict, band: tuple[float, fl
         info = dict(step=step, rho=rho.item(), penalty=value.item())
         if step % eval_every == 0 or step == steps:
             surrogate.eval()
-            figures = correlations(chunk_losses(surrogate, val), val["metric"], band)
+            figures = stratified_correlations(surrogate, val, band)
             info.update(val_full=figures["full"], val_band=figures["band"])
             score = _selection_score(figures)
             if score > best:

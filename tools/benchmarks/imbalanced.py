@@ -287,17 +287,30 @@ def score(metric, logits, labels):
     return 100.0 * float(fn(logits.unsqueeze(0), labels.unsqueeze(0))[0])
 
 
+SPLITS = {"balanced": "balanced", "macro-f1": "imbalanced"}  # metric: its evaluation sets
+
+
+def log_priors(counts):
+    """log of the class frequencies of ``counts``, (C,) float32."""
+    log_prior = torch.tensor(counts, dtype=torch.float32).log()
+    return log_prior - log_prior.logsumexp(0)
+
+
+def best_tau(metric, logits, labels, log_prior):
+    """The post-hoc tau of the grid that scores best on (``logits``, ``labels``); ties go to the
+    smallest |tau| (max picks the first best of the grid sorted by it)."""
+    return max(sorted(TAUS, key=abs), key=lambda t: score(metric, logits - t * log_prior, labels))
+
+
 def scores(logits, data):
     """{metric: {'as trained': value, 'tuned': value, 'tau': chosen tau}}: each metric on its
     test set, before and after post-hoc adjustment with tau chosen on its validation split."""
-    log_prior = torch.tensor(data["counts"], dtype=torch.float32).log()
-    log_prior = log_prior - log_prior.logsumexp(0)
+    log_prior = log_priors(data["counts"])
     out = {}
-    for metric, split in (("balanced", "balanced"), ("macro-f1", "imbalanced")):
+    for metric, split in SPLITS.items():
         val, test = logits[f"val_{split}"], logits[f"test_{split}"]
         y_val, y_test = data[f"val_{split}"][1], data[f"test_{split}"][1]
-        # max picks the first best: ties go to the smallest |tau| (the grid sorted by it).
-        tau = max(sorted(TAUS, key=abs), key=lambda t: score(metric, val - t * log_prior, y_val))
+        tau = best_tau(metric, val, y_val, log_prior)
         out[metric] = {"as trained": score(metric, test, y_test),
                        "tuned": score(metric, test - tau * log_prior, y_test), "tau": tau}
     return out
