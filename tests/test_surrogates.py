@@ -610,3 +610,58 @@ def test_ngram_checkpoint_round_trip(tmp_path):
 def test_ngram_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SequenceSurrogate(**kwargs)
+
+
+def _frozen_losses():
+    """(name, loss(pred), pred) for each frozen evaluation whose gradient is written out."""
+    generator = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(16, 10, generator=generator), torch.randint(10, (16,))
+    soft = torch.softmax(torch.randn(16, 10, generator=generator), -1)
+    plain, aware = reloss.load_surrogate("cls"), reloss.load_surrogate("cls-balanced")
+    priors = reloss.class_priors([100 ** (-c / 9) for c in range(10)])
+    pose = reloss.load_surrogate("pose")
+    heatmaps, target = torch.rand(2, 3, 8, 6, generator=generator), gaussian_heatmaps(
+        torch.tensor([[[3.0, 4.0], [1.0, 2.0], [4.0, 6.0]]] * 2), (8, 6), 1.5)
+    multi = ClassificationSurrogate(temperatures=(1.0, 0.5)).requires_grad_(False)
+    return [("cls", lambda z: plain(z, labels), logits),
+            ("cls, 3 classes", lambda z: plain(z, labels % 3), logits[:, :3]),
+            ("cls, soft labels", lambda z: plain(z, soft), logits),
+            ("cls, two temperatures", lambda z: multi(z, labels), logits),
+            ("cls-balanced", lambda z: aware(z, labels, priors=priors), logits),
+            ("pose", lambda h: pose(h, target, torch.ones(2, 3)), heatmaps)]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_second_derivatives_are_refused_not_dropped(case):
+    """The written-out gradients are computed without a graph: a second derivative through them
+    (a gradient penalty, a Hessian-vector product) would silently miss the surrogate's part.
+    It is refused instead, even mixed with a loss that has one."""
+    name, loss, pred = _frozen_losses()[case]
+    pred = pred.clone().requires_grad_()
+    value = loss(pred) + pred.square().sum()
+    with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
+        torch.autograd.grad(value, pred, create_graph=True)
+    (first,) = torch.autograd.grad(loss(pred), pred)  # without create_graph: as before
+    assert first.abs().sum() > 0
+
+
+def test_second_derivative_on_the_autograd_path_the_error_names():
+    """The remedy the error gives works: a trainable cls surrogate differentiates twice, and its
+    Hessian-vector product equals a finite difference of its gradient."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 10, generator=generator, dtype=torch.float64)
+    labels = torch.randint(10, (8,), generator=generator)
+    surrogate = reloss.load_surrogate("cls", trainable=True).double()
+    direction = torch.randn(8, 10, generator=generator, dtype=torch.float64)
+
+    def gradient(z, create_graph=False):
+        z = z.detach().requires_grad_()
+        return torch.autograd.grad(surrogate(z, labels), z, create_graph=create_graph)[0], z
+
+    grad, leaf = gradient(logits, create_graph=True)
+    (hvp,) = torch.autograd.grad((grad * direction).sum(), leaf)
+    step = 1e-6
+    numeric = (gradient(logits + step * direction)[0] - gradient(logits - step * direction)[0]
+               ) / (2 * step)
+    torch.testing.assert_close(hvp, numeric, rtol=1e-4, atol=1e-8)
+    assert hvp.abs().sum() > 0

@@ -28,6 +28,21 @@ def upcast_half(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+AUTOGRAD_PATH = ("for second derivatives use its autograd path: reloss.load_surrogate(name, "
+                 "trainable=True), or surrogate.requires_grad_(True) (ReLossCls: "
+                 "loss.surrogate.requires_grad_(True))")
+
+
+def refuse_second_derivative(remedy: str = AUTOGRAD_PATH) -> None:
+    """Called first in the backward pass of an autograd Function whose gradient is written out
+    from values its forward pass computed without a graph: differentiated again (backward with
+    ``create_graph=True``, as a gradient penalty or a Hessian-vector product does), its part of
+    the second derivative would silently be missing. Raises instead, with ``remedy``."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"a frozen ReLoss surrogate writes its gradient out and cannot be "
+                           f"differentiated twice (backward with create_graph=True); {remedy}")
+
+
 def reduce_values(values: torch.Tensor, reduction: str, counted: torch.Tensor | None = None
                   ) -> torch.Tensor:
     """Per-sample values (N,) as ``reduction`` asks (checked by the caller): 'none' as they are,

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from ..surrogate import refuse_second_derivative
+
 #: Up to this many classes the frozen path takes exp and sum of every temperature at once
 #: (fewest operations; torch's softmax is slow on short rows); above it, one softmax per
 #: temperature (fewest passes over the logits).
@@ -82,6 +84,7 @@ class FrozenClassificationLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values):
+        refuse_second_derivative()
         index, slopes, sums, *weights = ctx.saved_tensors
         coefficient = slopes * grad_values.view(1, -1, 1)  # (F, N, k)
         per_temperature = coefficient.sum(2, keepdim=True) if coefficient.shape[2] > 1 \
@@ -128,6 +131,7 @@ class _FrozenSteps(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values):
+        refuse_second_derivative()
         share, steps, heights, linear = ctx.saved_tensors
         # -T g'(u) = -T (s + sum_k h_k s_k (1 - s_k)), times the scale (-T is in the table).
         slopes = torch.addmm(linear, torch.addcmul(steps, steps, steps, value=-1), heights,
@@ -156,6 +160,7 @@ class _FrozenShortRowsLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values):
+        refuse_second_derivative()
         slopes = _FrozenSteps.backward(ctx, grad_values)[0]  # g'(u) per label, (N, k)
         grad = torch.exp(ctx.log_p)
         if slopes.shape[1] == 1:

@@ -24,7 +24,14 @@ from .._validate import (
     is_real,
 )
 from ..metrics import chunk_accuracy
-from ..surrogate import REDUCTIONS, MonotoneSteps, Surrogate, reduce_values, upcast_half
+from ..surrogate import (
+    REDUCTIONS,
+    MonotoneSteps,
+    Surrogate,
+    reduce_values,
+    refuse_second_derivative,
+    upcast_half,
+)
 from ._cls_frozen import frozen_values
 from .base import Task, quality, uniform
 
@@ -386,6 +393,7 @@ class _FrozenClassAware(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values):
+        refuse_second_derivative()
         exps, coefficient, sums, index = ctx.saved_tensors
         coefficient = coefficient * (grad_values if grad_values.dim() == 0
                                      else grad_values.view(-1, 1))

@@ -17,6 +17,7 @@ from ..surrogate import (
     Surrogate,
     mlp,
     reduce_values,
+    refuse_second_derivative,
     unit_weights,
     upcast_half,
     weighted_unit_mean,
@@ -60,6 +61,8 @@ class _RegionWeightedMSE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values):
+        refuse_second_derivative("the pose surrogate has no other path: its second derivative "
+                                 "is not computed")
         error, near, coefficient_in, coefficient_out = ctx.saved_tensors
         scale = grad_values.unsqueeze(-1) * (2.0 / error.shape[-1])
         grad = torch.where(near, (coefficient_in * scale).unsqueeze(-1),
