@@ -623,15 +623,19 @@ def _frozen_losses():
     heatmaps, target = torch.rand(2, 3, 8, 6, generator=generator), gaussian_heatmaps(
         torch.tensor([[[3.0, 4.0], [1.0, 2.0], [4.0, 6.0]]] * 2), (8, 6), 1.5)
     multi = ClassificationSurrogate(temperatures=(1.0, 0.5)).requires_grad_(False)
+    nat = reloss.load_surrogate("nat")
+    tokens = torch.randint(4, 12, (2, 5), generator=generator)
+    sentences = torch.randn(2, 5, 12, generator=generator)
     return [("cls", lambda z: plain(z, labels), logits),
             ("cls, 3 classes", lambda z: plain(z, labels % 3), logits[:, :3]),
             ("cls, soft labels", lambda z: plain(z, soft), logits),
             ("cls, two temperatures", lambda z: multi(z, labels), logits),
             ("cls-balanced", lambda z: aware(z, labels, priors=priors), logits),
-            ("pose", lambda h: pose(h, target, torch.ones(2, 3)), heatmaps)]
+            ("pose", lambda h: pose(h, target, torch.ones(2, 3)), heatmaps),
+            ("nat", lambda z: nat(z, tokens), sentences)]
 
 
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(7))
 def test_second_derivatives_are_refused_not_dropped(case):
     """The written-out gradients are computed without a graph: a second derivative through them
     (a gradient penalty, a Hessian-vector product) would silently miss the surrogate's part.

@@ -17,6 +17,7 @@ from ..metrics import sentence_bleu
 from ..surrogate import (
     Surrogate,
     mlp,
+    refuse_second_derivative,
     softplus_weights,
     unit_weights,
     upcast_half,
@@ -74,6 +75,8 @@ class _TokenScores(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        refuse_second_derivative("the nat surrogates have no other path: their second "
+                                 "derivative is not computed")
         logits, normalizer, tokens, best_other_index, present = ctx.saved_tensors
         margin, spread = ctx.flags
         count = tokens.shape[-1]
