@@ -160,8 +160,8 @@ class _FrozenShortRowsLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values):
-        refuse_second_derivative()
-        slopes = _FrozenSteps.backward(ctx, grad_values)[0]  # g'(u) per label, (N, k)
+        slopes = _FrozenSteps.backward(ctx, grad_values)[0]  # g'(u) per label, (N, k); refuses
+        # a second derivative
         grad = torch.exp(ctx.log_p)
         if slopes.shape[1] == 1:
             grad = grad.scatter_add_(1, ctx.index, ctx.minus_one.expand_as(slopes)).mul_(slopes)
