@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import torch
@@ -247,7 +248,7 @@ def main(argv=None):
     if args.command == "collect":
         run_collect(args)
     else:
-        args.argv = list(argv) if argv is not None else __import__("sys").argv[2:]
+        args.argv = list(argv) if argv is not None else sys.argv[2:]
         run_pretrain(args)
 
 
