@@ -46,6 +46,13 @@ def test_every_arm_trains_and_the_report_merges(tmp_path, capsys):
     for record in first["records"]:
         for metric in ("balanced", "macro-f1"):
             assert 5 < record["scores"][metric]["as trained"] <= 100  # chance is 5%
+    # Against cross-entropy as trained (no post-hoc adjustment): one regime, one seed.
+    ce, ours = (next(r for r in first["records"] if r["arm"] == arm)
+                for arm in ("ce", "reloss:cls-balanced"))
+    for metric in ("balanced", "macro-f1"):
+        plain = first["figures"][metric]["design"]["reloss:cls-balanced"]["plain"]
+        assert plain["regimes"] == 1 and plain["mean"] == pytest.approx(
+            ours["scores"][metric]["tuned"] - ce["scores"][metric]["as trained"])
     la, bs = (next(r for r in first["records"] if r["arm"] == arm) for arm in ("la", "bs"))
     # Balanced softmax is the logit-adjusted loss at tau = 1: the same model.
     assert la["scores"] == bs["scores"]
@@ -56,6 +63,7 @@ def test_every_arm_trains_and_the_report_merges(tmp_path, capsys):
     assert "reloss+cos+drw:cls-balanced, tuned minus best anchor" in printed
     assert "+- " in printed  # two seeds: paired with a standard error
     assert "minus the anchor chosen on the other seeds" in printed
+    assert "minus cross-entropy as trained (no post-hoc adjustment)" in printed
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     assert saved["provenance"]["surrogates"]["cls-balanced"]
 

@@ -146,8 +146,20 @@ def test_translation_corpus(corpus, tmp_path):
     assert sorted(map(str, other["splits"]["test"] + other["splits"]["valid"]
                       + other["splits"]["train"])) == sorted(
         map(str, splits["test"] + splits["valid"] + splits["train"]))
+    assert made["counts"]["test targets also in train"] == 0
+    # Pair by pair: the same pairs, and now some test targets are training targets, counted.
+    loose = data.tatoeba_translation(split="pairs")
+    assert sorted(map(str, loose["splits"]["test"] + loose["splits"]["valid"]
+                      + loose["splits"]["train"])) == sorted(
+        map(str, splits["test"] + splits["valid"] + splits["train"]))
+    trained = {" ".join(en) for _, en in loose["splits"]["train"]}
+    shared = sum(" ".join(en) in trained for _, en in loose["splits"]["test"])
+    assert loose["counts"]["test targets also in train"] == shared > 0
     with pytest.raises(ValueError, match="'vocab' should be at least 1 but got 0"):
         data.tatoeba_translation(vocab=0)
+    with pytest.raises(ValueError, match=r"'split' should be one of \('english', 'pairs'\) but "
+                                         r"got 'random'"):
+        data.tatoeba_translation(split="random")
 
 
 def test_cache_location(monkeypatch, tmp_path):

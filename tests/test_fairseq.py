@@ -345,6 +345,14 @@ def test_nat_proxy_table_pairs_the_learned_weights_with_each_anchor():
     assert "reloss_nat minus bon:0.3, paired by seed: +0.33 +- 0.17" in text
     _, without = nat_proxy.table({"nat_loss": runs["nat_loss"], "bon:1": runs["bon:0.3"]}, 10)
     assert set(without) == {"bon:1"}
+    assert "fairseq-generate's BLEU4" not in text
+    # Scored by sacrebleu: fairseq-generate's BLEU4 gets a column of its own, paired too.
+    for name, bleus in (("nat_loss", [8.0, 9.0, 7.0]), ("reloss_nat", [8.5, 9.0, 8.0])):
+        for run, b in zip(runs[name], bleus, strict=True):
+            run["fairseq_bleu4"] = b
+    text, _ = nat_proxy.table({k: runs[k] for k in ("nat_loss", "reloss_nat")}, 10, "BLEU")
+    assert "fairseq-generate's BLEU4" in text
+    assert "| 8.00 |" in text and "| 8.50; +0.50 +- 0.29 (" in text
 
 
 @pytest.mark.slow
@@ -354,22 +362,27 @@ def test_nat_proxy_on_tatoeba_with_the_anchor(tmp_path, capsys):
     weights fixed at W, sacrebleu on detokenised English over the whole test set."""
     import json
 
-    from tools.benchmarks import nat_proxy
+    from tools.benchmarks import experiment, nat_proxy
 
     out = tmp_path / "proxy"
     runs = nat_proxy.main(["--data", "tatoeba", "--vocab", "300", "--out", str(out), "--seeds",
                            "1", "--updates", "3", "--criteria", "nat_loss", "bon:0.3"])
     assert set(runs) == {"nat_loss", "bon:0.3"}
-    for (run,) in runs.values():
+    for name, (run,) in runs.items():
         assert 0 <= run["bleu"] <= 100 and run["log"][-1]["num_updates"] == 3
+        # fairseq-generate's own BLEU4 is kept beside sacrebleu's, read from its log.
+        logged = (out / f"{experiment.Run(name, 0).tag}" / "generate.log").read_text()
+        assert f"BLEU4 = {run['fairseq_bleu4']:.2f}," in logged
     assert {"dict.zh.txt", "dict.en.txt"} <= set(os.listdir(out / "data-bin"))
     anchor = reloss.load_surrogate(str(out / "anchors" / "bon_0.3.pt"))
     assert type(anchor) is reloss.SequenceSurrogate
     torch.testing.assert_close(anchor.ngram_weights, torch.full((4,), 0.3))
     record = json.loads((out / "results.json").read_text())
     assert record["score"] == "BLEU (sacrebleu, detokenised)" and record["width"] == 128
-    assert record["corpus"]["counts"]["test"] == 1000
-    assert "| bon:0.3 |" in capsys.readouterr().out
+    assert record["corpus"]["counts"]["test"] == 1000 and record["corpus"]["split"] == "english"
+    assert record["corpus"]["counts"]["test targets also in train"] == 0
+    printed = capsys.readouterr().out
+    assert "| bon:0.3 |" in printed and "fairseq-generate's BLEU4" in printed
     with pytest.raises(SystemExit):
         nat_proxy.main(["--data", "tatoeba", "--criteria", "nat_loss", "bon:x", "--out",
                         str(tmp_path / "other")])
@@ -377,6 +390,9 @@ def test_nat_proxy_on_tatoeba_with_the_anchor(tmp_path, capsys):
     with pytest.raises(SystemExit):
         nat_proxy.main(["--distill", "--out", str(tmp_path / "other")])
     assert "--distill needs --data tatoeba" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        nat_proxy.main(["--split", "pairs", "--out", str(tmp_path / "other")])
+    assert "--split needs --data tatoeba" in capsys.readouterr().err
 
 
 @pytest.mark.slow

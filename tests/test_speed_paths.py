@@ -263,9 +263,12 @@ def test_benchmark_loss_times_every_loss(capsys):
     record = benchmark_loss.main(["--task", "cls", "--repeats", "2", "--warmup", "0"])
     assert {(tuple(r["size"]), r["loss"]) for r in record} == {
         (size, loss) for size in ((128, 10), (128, 1000))
-        for loss in ("cross-entropy", "ReLossCls", "surrogate",
+        for loss in ("cross-entropy", "CrossEntropyLoss (mmpretrain)", "ReLossCls", "surrogate",
                      "ReLossCls('cls-balanced', class_counts)")}
     assert all(r["ms"] > 0 for r in record)
+    host = {tuple(r["size"]): r["ms"] for r in record if r["loss"] == benchmark_loss.HOST["cls"]}
+    for r in record:
+        assert r["host_ratio"] == pytest.approx(r["ms"] / host[tuple(r["size"])])
     assert "| cls, 128 x 10 logits | ReLossCls |" in capsys.readouterr().out
 
 

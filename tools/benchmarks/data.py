@@ -335,8 +335,13 @@ def detokenize_en(tokens):
     return "".join(out)
 
 
+#: How :func:`tatoeba_translation` splits: by English sentence (no test target is a training
+#: target), or pair by pair at random (a test target can be a training target too).
+SPLITS = ("english", "pairs")
+
+
 def tatoeba_translation(folder=None, cache=None, vocab=1000, max_tokens=20, test=1000, valid=500,
-                        seed=0):
+                        seed=0, split="english"):
     """A Chinese-English corpus small enough for a CPU, made from :func:`tatoeba_zh_en` as a
     user would make one, and written to ``folder`` (if given) as train.zh, train.en, valid.zh,
     valid.en, test.zh and test.en: one sentence a line, tokens separated by spaces, ready for
@@ -353,12 +358,18 @@ def tatoeba_translation(folder=None, cache=None, vocab=1000, max_tokens=20, test
     5. Split by English sentence: pairs with the same (tokenised) English go to the same split,
        so no test target is a training target (the traditional and simplified twins included).
        English sentences in a random order (``seed``) fill test to ``test`` pairs, then valid to
-       ``valid``; the rest is train. Each split keeps the file's order.
+       ``valid``; the rest is train. Each split keeps the file's order. ``split="pairs"``
+       splits the pairs one by one instead, in a random order, as a split made without
+       looking at the targets would: then a test target can also be a training target (the
+       other script's twin of a test sentence, or another sentence with the same translation),
+       and ``counts["test targets also in train"]`` says how many are.
 
     Returns dict(splits={split: [(zh tokens, en tokens)]}, counts={step: pairs left},
     vocab={'zh': distinct training tokens, 'en': ...}); the command line
     (``python -m tools.benchmarks.data``) prints them for the default options.
     """
+    if split not in SPLITS:
+        raise ValueError(f"'split' should be one of {SPLITS} but got {split!r}")
     for name, value, least in (("vocab", vocab, 1), ("max_tokens", max_tokens, 1),
                                ("test", test, 1), ("valid", valid, 0)):
         if value < least:
@@ -385,28 +396,31 @@ def tatoeba_translation(folder=None, cache=None, vocab=1000, max_tokens=20, test
                          f"'valid' {valid} pairs and a training set")
     groups = {}
     for index, (_, en) in enumerate(pairs):
-        groups.setdefault(" ".join(en), []).append(index)
+        groups.setdefault(" ".join(en) if split == "english" else index, []).append(index)
     groups = list(groups.values())
     order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
     split_of, room = {}, dict(test=test, valid=valid)
     for group in (groups[i] for i in order):
-        split = next((s for s, left in room.items() if left >= len(group)), "train")
-        if split != "train":
-            room[split] -= len(group)
-        split_of.update(dict.fromkeys(group, split))
+        part = next((s for s, left in room.items() if left >= len(group)), "train")
+        if part != "train":
+            room[part] -= len(group)
+        split_of.update(dict.fromkeys(group, part))
     if room["test"] or room["valid"]:
         raise ValueError(f"could not fill test with {test} and valid with {valid} pairs")
-    splits = {split: [pairs[i] for i in range(len(pairs)) if split_of[i] == split]
-              for split in ("train", "valid", "test")}
-    for split, chosen in splits.items():
-        counts[split] = len(chosen)
+    splits = {part: [pairs[i] for i in range(len(pairs)) if split_of[i] == part]
+              for part in ("train", "valid", "test")}
+    for name, chosen in splits.items():
+        counts[name] = len(chosen)
+    trained = {" ".join(en) for _, en in splits["train"]}
+    counts["test targets also in train"] = sum(" ".join(en) in trained
+                                               for _, en in splits["test"])
     vocabulary = {side: len({token for pair in splits["train"] for token in pair[index]})
                   for index, side in enumerate(("zh", "en"))}
     if folder is not None:
         os.makedirs(folder, exist_ok=True)
-        for split, chosen in splits.items():
+        for name, chosen in splits.items():
             for index, side in enumerate(("zh", "en")):
-                with open(os.path.join(folder, f"{split}.{side}"), "w", encoding="utf-8",
+                with open(os.path.join(folder, f"{name}.{side}"), "w", encoding="utf-8",
                           newline="\n") as f:
                     f.writelines(" ".join(pair[index]) + "\n" for pair in chosen)
     return dict(splits=splits, counts=counts, vocab=vocabulary)

@@ -392,12 +392,17 @@ def summary(records):
                 gap = None if arm in anchors else chosen_anchor_gap(value, anchors, arm)
                 if gap is not None:
                     per_split.setdefault((split, arm, "chosen"), []).append(gap)
+                # Against cross-entropy as trained, without the post-hoc adjustment.
+                if arm not in anchors and value[("ce", False)]:
+                    per_split.setdefault((split, arm, "plain"), []).append(
+                        experiment.paired(value[("ce", False)], value[(arm, True)]).mean)
             rows.append([name, split, *cells])
         text.append(f"### {label}\n\n" + experiment.markdown_table(header, rows))
         lines = []
         for (split, arm, key), means in per_split.items():
             against = dict(best="the best anchor", ce="cross-entropy, tuned",
-                           chosen="the anchor chosen on the other seeds")[key]
+                           chosen="the anchor chosen on the other seeds",
+                           plain="cross-entropy as trained (no post-hoc adjustment)")[key]
             entry = dict(regimes=len(means), mean=statistics.fmean(means), lowest=min(means))
             figures.setdefault(metric, {}).setdefault(split, {}).setdefault(arm, {})[key] = entry
             lines.append(f"- {split} split, {arm} (tuned) minus {against}: mean over "

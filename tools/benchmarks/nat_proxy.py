@@ -3,7 +3,8 @@ command-line tools, on a generated language pair or on real Chinese-English.
 
     python -m tools.benchmarks.nat_proxy [--out DIR] [--seeds 8] [--first-seed 0] [--updates N]
         [--jobs 2] [--criteria nat_loss reloss_nat] [--fairseq-args "..."] [--force]
-    python -m tools.benchmarks.nat_proxy --data tatoeba [--vocab 2000] [--distill] ...
+    python -m tools.benchmarks.nat_proxy --data tatoeba [--vocab 2000] [--distill]
+        [--split english|pairs] ...
     python -m tools.benchmarks.nat_proxy --data tatoeba --criteria nat_loss reloss_nat bon:0.3
 
 ``--data generated`` (the default) writes the generated language pair of
@@ -13,7 +14,8 @@ test pairs, one seed) as text and binarises it with ``fairseq-preprocess --joine
 ``--data tatoeba`` takes Tatoeba's Chinese-English pairs (``tools.benchmarks.data``: characters
 for Chinese, words for English, one pair per Chinese sentence, at most 20 tokens a side, only pairs
 within the ``--vocab`` most frequent tokens of each side, a fixed test set of 1,000 pairs whose
-English never occurs in training) and binarises them with a dictionary per language.
+English never occurs in training; ``--split pairs``: 1,000 pairs drawn one by one, whose English
+may) and binarises them with a dictionary per language.
 
 Then, per criterion and seed, it trains a small ``nonautoregressive_transformer`` with
 ``fairseq-train`` on fairseq's NAT recipe (its flags, with a ``--width`` model of 2+2 layers, a
@@ -129,11 +131,11 @@ def write_corpus(folder):
     return len(train_src), len(test_src)
 
 
-def write_tatoeba(folder, vocab):
+def write_tatoeba(folder, vocab, split="english"):
     """Tatoeba's Chinese-English pairs as a user would prepare them for fairseq
-    (:func:`tools.benchmarks.data.tatoeba_translation`): (training pairs, test pairs), and the
-    corpus's counts and vocabulary."""
-    corpus = datasets.tatoeba_translation(folder, vocab=vocab)
+    (:func:`tools.benchmarks.data.tatoeba_translation`, split by English sentence or pair by
+    pair): (training pairs, test pairs), and the corpus's counts and vocabulary."""
+    corpus = datasets.tatoeba_translation(folder, vocab=vocab, split=split)
     return (len(corpus["splits"]["train"]), len(corpus["splits"]["test"])), corpus
 
 
@@ -289,8 +291,10 @@ def updates_done(log):
 
 def generate(data_bin, checkpoint, log, refs=None):
     """(BLEU, the share of hypotheses of the reference's length, the number of sentences
-    translated): fairseq-generate's BLEU4, or with ``refs`` (the tokenised test references)
-    sacrebleu's on detokenised English."""
+    translated, fairseq-generate's BLEU4): BLEU is fairseq-generate's BLEU4, or with ``refs``
+    (the tokenised test references) sacrebleu's on detokenised English. fairseq-generate's
+    counts the end-of-sentence token as a word of every hypothesis and reference, which raises
+    it well above sacrebleu's on short sentences."""
     command = [bin_dir("fairseq-generate"), data_bin, "--path", checkpoint] + GENERATE.split()
     run_logged(command, log)
     with open(log, encoding="utf-8") as f:
@@ -303,7 +307,7 @@ def generate(data_bin, checkpoint, log, refs=None):
     translations = hypotheses(log)
     same = sum(len(translations.get(k, "").split()) == n for k, n in targets.items())
     score = float(bleu.group(1)) if refs is None else sacrebleu_score(translations, refs)
-    return score, same / max(len(targets), 1), len(targets)
+    return score, same / max(len(targets), 1), len(targets), float(bleu.group(1))
 
 
 def build_parser():
@@ -319,6 +323,10 @@ def build_parser():
     parser.add_argument("--vocab", type=int, default=2000,
                         help="tatoeba: keep pairs within this many most frequent tokens of each "
                              "side (default 2000)")
+    parser.add_argument("--split", choices=datasets.SPLITS, default="english",
+                        help="tatoeba: split by English sentence, so that no test target is a "
+                             "training target (default), or pair by pair at random, where some "
+                             "are (to compare with results on such a split)")
     parser.add_argument("--distill", action="store_true",
                         help="train the NATs on a teacher transformer's translations of the "
                              "training set (sequence-level knowledge distillation)")
@@ -337,10 +345,15 @@ def build_parser():
 def table(runs, updates, score="BLEU4"):
     """A row per criterion: its BLEU (``score`` names it; against the first criterion's, seed by
     seed), the share of sentences of the right length, the length loss and token NLL of the
-    training log."""
+    training log; where ``score`` is not fairseq-generate's BLEU4, that one too (mean, and
+    paired against the baseline's)."""
+    own = score == "BLEU4" or any("fairseq_bleu4" not in run for seeds in runs.values()
+                                  for run in seeds)
     header = ["criterion", f"{score}, predicted length: mean +- std", "worst seed", "per seed",
               "minus the baseline's, paired: mean +- SE", "right length",
               "length loss, at 25% / last 10% of updates", "token NLL, last 10%"]
+    if not own:
+        header.append("fairseq-generate's BLEU4 (end-of-sentence counted): mean; paired")
 
     def logged(run, key, start, end):
         """Mean of a logged training value over updates in (start, end] x updates."""
@@ -363,6 +376,12 @@ def table(runs, updates, score="BLEU4"):
             f"{statistics.fmean(logged(run, 'length', 0.2, 0.3) for run in seeds):.3f} / "
             f"{statistics.fmean(logged(run, 'length', 0.9, 1) for run in seeds):.3f}",
             f"{statistics.fmean(logged(run, 'nll_loss', 0.9, 1) for run in seeds):.3f}"])
+        if not own:
+            fairseq = {run["seed"]: run["fairseq_bleu4"] for run in seeds}
+            base = {run["seed"]: run["fairseq_bleu4"] for run in runs[baseline]}
+            rows[-1].append(f"{statistics.fmean(fairseq.values()):.2f}" + (
+                "" if criterion == baseline else
+                f"; {experiment.paired(base, fairseq).format()}"))
     text = experiment.markdown_table(header, rows)
     if "reloss_nat" in runs:  # the learned weights against each fixed-weight anchor
         for anchor in (name for name in runs if name.startswith("bon:")):
@@ -383,12 +402,15 @@ def main(argv=None):
                          f"{getattr(args, name)}")
     if args.data != "tatoeba" and args.distill:
         parser.error("--distill needs --data tatoeba (the generated pair has no teacher)")
+    if args.data != "tatoeba" and args.split != "english":
+        parser.error("--split needs --data tatoeba (the generated pair has its own test set)")
     specs = {name: criterion_spec(parser, name) for name in args.criteria}
     all_runs = experiment.seed_runs(parser, args, args.criteria, [
         "text", "data-bin", "preprocess.log", "anchors", "teacher", "distill", "data-bin-distill",
         "preprocess-distill.log"])
     started = time.time()
     described = ("Tatoeba Chinese-English" + (", distilled" if args.distill else "")
+                 + (", split pair by pair" if args.split == "pairs" else "")
                  if args.data == "tatoeba" else "the generated language pair")
     print(f"[reloss] fairseq's NAT (width {args.width}, 2+2 layers) on {described}, "
           f"{' against '.join(args.criteria)}: {args.seeds} seed(s) each, {args.updates} updates "
@@ -396,7 +418,7 @@ def main(argv=None):
     text_dir, data_bin = os.path.join(args.out, "text"), os.path.join(args.out, "data-bin")
     languages, joined, refs, corpus = LANGUAGES[args.data], args.data == "generated", None, None
     if args.data == "tatoeba":
-        pairs, corpus = write_tatoeba(text_dir, args.vocab)
+        pairs, corpus = write_tatoeba(text_dir, args.vocab, args.split)
         refs = references(text_dir, languages[1])
     else:
         pairs = write_corpus(text_dir)
@@ -432,13 +454,14 @@ def main(argv=None):
             raise RuntimeError(f"fairseq-train failed for {run}: see {log}")
         bar.update(args.updates - bar.n)
         bar.set_postfix_str("fairseq-generate")
-        bleu, length_match, count = generate(data_bin,
-                                             os.path.join(save_dir, "checkpoint_last.pt"),
-                                             os.path.join(save_dir, "generate.log"), refs)
+        bleu, length_match, count, bleu4 = generate(
+            data_bin, os.path.join(save_dir, "checkpoint_last.pt"),
+            os.path.join(save_dir, "generate.log"), refs)
         if count != pairs[1]:
             raise RuntimeError(f"fairseq-generate translated {count} of the {pairs[1]} test "
                                f"sentences: see {save_dir}/generate.log")
-        return dict(seed=run.seed, bleu=bleu, length_match=length_match, log=training_log(log))
+        return dict(seed=run.seed, bleu=bleu, length_match=length_match, fairseq_bleu4=bleu4,
+                    log=training_log(log))
 
     score = "BLEU4" if refs is None else "BLEU (sacrebleu, detokenised)"
 
@@ -469,7 +492,7 @@ def main(argv=None):
                   seeds=list(experiment.seeds(args)), updates=args.updates, data=args.data,
                   width=args.width, score=score, distill=args.distill,
                   teacher=dict(updates=args.teacher_updates, **teacher) if teacher else None,
-                  corpus=dict(vocab=args.vocab, counts=corpus["counts"],
+                  corpus=dict(vocab=args.vocab, split=args.split, counts=corpus["counts"],
                               vocabulary=corpus["vocab"]) if corpus else None,
                   fairseq_args=args.fairseq_args,
                   provenance=experiment.provenance(
