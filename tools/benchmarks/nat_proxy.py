@@ -4,7 +4,7 @@ command-line tools, on a generated language pair or on real Chinese-English.
     python -m tools.benchmarks.nat_proxy [--out DIR] [--seeds 8] [--first-seed 0] [--updates N]
         [--jobs 2] [--criteria nat_loss reloss_nat] [--fairseq-args "..."] [--force]
     python -m tools.benchmarks.nat_proxy --data tatoeba [--vocab 2000] [--distill]
-        [--split english|pairs] ...
+        [--split english] ...
     python -m tools.benchmarks.nat_proxy --data tatoeba --criteria nat_loss reloss_nat bon:0.3
 
 ``--data generated`` (the default) writes the generated language pair of
