@@ -347,12 +347,12 @@ def table(runs, updates, score="BLEU4"):
     seed), the share of sentences of the right length, the length loss and token NLL of the
     training log; where ``score`` is not fairseq-generate's BLEU4, that one too (mean, and
     paired against the baseline's)."""
-    own = score == "BLEU4" or any("fairseq_bleu4" not in run for seeds in runs.values()
-                                  for run in seeds)
+    with_fairseq = score != "BLEU4" and all("fairseq_bleu4" in run for seeds in runs.values()
+                                            for run in seeds)
     header = ["criterion", f"{score}, predicted length: mean +- std", "worst seed", "per seed",
               "minus the baseline's, paired: mean +- SE", "right length",
               "length loss, at 25% / last 10% of updates", "token NLL, last 10%"]
-    if not own:
+    if with_fairseq:
         header.append("fairseq-generate's BLEU4 (end-of-sentence counted): mean; paired")
 
     def logged(run, key, start, end):
@@ -376,7 +376,7 @@ def table(runs, updates, score="BLEU4"):
             f"{statistics.fmean(logged(run, 'length', 0.2, 0.3) for run in seeds):.3f} / "
             f"{statistics.fmean(logged(run, 'length', 0.9, 1) for run in seeds):.3f}",
             f"{statistics.fmean(logged(run, 'nll_loss', 0.9, 1) for run in seeds):.3f}"])
-        if not own:
+        if with_fairseq:
             fairseq = {run["seed"]: run["fairseq_bleu4"] for run in seeds}
             base = {run["seed"]: run["fairseq_bleu4"] for run in runs[baseline]}
             rows[-1].append(f"{statistics.fmean(fairseq.values()):.2f}" + (
